@@ -1,0 +1,1 @@
+//! Sandbox cgroups, v1 and v2, created below the server's own cgroup.

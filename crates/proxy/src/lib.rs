@@ -1,0 +1,1 @@
+//! Toolbox proxy.

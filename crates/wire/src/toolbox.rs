@@ -1,0 +1,121 @@
+//! Types of the toolbox API that the daemon serves inside each sandbox.
+//!
+//! Paths are relative to `{toolboxProxyUrl}/{sandboxId}`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST /process/execute`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    pub command: String,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub envs: Option<BTreeMap<String, String>>,
+    /// Seconds; absent or 0 means no timeout.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// Response of `POST /process/execute`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecuteResponse {
+    /// Exit status; 128 + N when signal N ended the shell; -1 when the shell could not start.
+    pub exit_code: i32,
+    /// Standard output and standard error, interleaved in the order they were written.
+    pub result: String,
+    /// Standard output alone (an addition to Daytona's shape; older clients ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// Standard error alone (an addition to Daytona's shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+}
+
+/// Languages `POST /process/code-run` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeLanguage {
+    Python,
+    Javascript,
+    Typescript,
+}
+
+/// Body of `POST /process/code-run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeRunRequest {
+    pub code: String,
+    #[serde(default = "default_language")]
+    pub language: String,
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    #[serde(default)]
+    pub envs: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+fn default_language() -> String {
+    "python".to_owned()
+}
+
+/// Response of `POST /process/code-run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeRunResponse {
+    pub exit_code: i32,
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<CodeRunArtifacts>,
+}
+
+/// Charts a run produced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CodeRunArtifacts {
+    #[serde(default)]
+    pub charts: Vec<serde_json::Value>,
+}
+
+/// One entry of `GET /files` and the response of `GET /files/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileInfo {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+    /// Go-style mode string, such as `-rw-r--r--` or `drwxr-xr-x`.
+    pub mode: String,
+    /// Four octal digits, such as `0644`.
+    pub permissions: String,
+    /// Numeric uid as text.
+    pub owner: String,
+    /// Numeric gid as text.
+    pub group: String,
+    /// Modification time as Go's `time.String()` prints it (deprecated by Daytona).
+    pub mod_time: String,
+    /// Modification time as RFC 3339.
+    pub modified_at: String,
+    /// Absolute path of the entry.
+    pub path: String,
+}
+
+/// Body of `POST /files/bulk-download`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilesDownloadRequest {
+    pub paths: Vec<String>,
+}
+
+/// Response of `GET /user-home-dir` and `GET /work-dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirResponse {
+    pub dir: String,
+}
+
+/// Response of `GET /version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionResponse {
+    pub version: String,
+}
