@@ -1,1 +1,14 @@
-//! API server.
+//! The Daytona REST API server.
+
+mod auth;
+pub mod config;
+mod dto;
+mod error;
+mod json;
+mod routes;
+mod server;
+mod state;
+pub mod store;
+
+pub use config::{SandboxLimits, ServerConfig};
+pub use server::run;

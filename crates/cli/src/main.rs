@@ -1,1 +1,40 @@
-fn main() {}
+//! `daytona`: runs the server, and manages sandboxes and snapshots through its API.
+
+mod client;
+mod image;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Self-hosted sandboxes for AI-generated code, compatible with the Daytona SDKs.
+#[derive(Debug, Parser)]
+#[command(name = "daytona", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API server, a local runner and the toolbox proxy in one process.
+    Server(server::ServerArgs),
+    /// Manage sandboxes through the API at DAYTONA_API_URL.
+    #[command(subcommand)]
+    Sandbox(client::SandboxCommand),
+    /// Manage snapshots through the API at DAYTONA_API_URL.
+    #[command(subcommand)]
+    Snapshot(client::SnapshotCommand),
+    /// Work on an image store directly, without a server.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Sandbox(command) => client::run_sandbox(command),
+        Command::Snapshot(command) => client::run_snapshot(command),
+        Command::Image(command) => image::run(command),
+    }
+}

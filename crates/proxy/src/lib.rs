@@ -1,1 +1,143 @@
-//! Toolbox proxy.
+//! The toolbox proxy: forwards HTTP requests, WebSocket upgrades included, to a daemon's Unix
+//! socket.
+//!
+//! One hop: the API server's process connects straight to the toolbox socket the runtime bound
+//! for the sandbox, with no proxy in between.
+
+use std::io;
+use std::path::Path;
+
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// Errors of forwarding one request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The socket is missing or nothing accepts on it: the sandbox is not running.
+    #[error("the sandbox's toolbox is not reachable")]
+    Unreachable {
+        #[source]
+        source: io::Error,
+    },
+    #[error("the HTTP exchange with the sandbox's toolbox failed")]
+    Exchange {
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// Headers that describe one hop and are not forwarded (RFC 9110, section 7.6.1), apart from
+/// `connection` and `upgrade`, which an upgrade request keeps.
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && headers.contains_key(header::UPGRADE)
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Forwards `request` to the HTTP server on the Unix socket `socket`, as
+/// `path_and_query`, and returns its response. `remove` names request headers that must not
+/// reach the sandbox, such as the caller's credentials.
+pub async fn forward(
+    socket: &Path,
+    mut request: Request<Body>,
+    path_and_query: &str,
+    remove: &[HeaderName],
+) -> Result<Response<Body>, ProxyError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ProxyError::Unreachable { source })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ProxyError::Exchange { source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "toolbox connection ended with an error");
+        }
+    });
+
+    let upgrade = is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (parts, body) = request.into_parts();
+    let mut outbound = Request::builder()
+        .method(parts.method)
+        .uri(path_and_query)
+        .version(http::Version::HTTP_11)
+        .body(body)
+        .expect("method and a path taken from a valid request always build");
+    *outbound.headers_mut() = parts.headers;
+    strip_hop_by_hop(outbound.headers_mut(), upgrade);
+    for name in remove {
+        outbound.headers_mut().remove(name);
+    }
+    outbound
+        .headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("sandbox"));
+
+    let mut response = sender
+        .send_request(outbound)
+        .await
+        .map_err(|source| ProxyError::Exchange { source })?;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let server_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (client, server) = match tokio::try_join!(client_upgrade, server_upgrade) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade through the toolbox proxy failed");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut server = TokioIo::new(server);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                tracing::debug!(%error, "upgraded toolbox connection ended with an error");
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, Body::new(incoming)))
+}

@@ -1,0 +1,230 @@
+//! `daytona server`: the API server, one local runner and the toolbox proxy in one process.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use daytona_images::ImageStore;
+use daytona_runner::{Runner, RunnerConfig, SandboxRuntimeState};
+use daytona_wire::api::{SandboxState, SnapshotState};
+
+use crate::auth;
+use crate::config::{DEFAULT_ORGANIZATION, ServerConfig};
+use crate::routes;
+use crate::state::{AppState, Shared, ToolboxRoute};
+use crate::store::{ApiKeyRecord, SnapshotRecord, Store};
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Runs the server until `shutdown` completes. Sandboxes keep running after it returns.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("failed to create the data directory {}", config.data_dir.display()))?;
+    let sandboxes_dir = config.data_dir.join("sandboxes");
+    check_socket_path_length(&sandboxes_dir)?;
+
+    let store = Store::open_sqlite(&config.data_dir.join("daytona.db")).await?;
+    seed_admin_key(&store, &config).await?;
+
+    let images = Arc::new(
+        ImageStore::open(&config.image_cache_dir)
+            .with_context(|| format!("failed to open the image store {}", config.image_cache_dir.display()))?,
+    );
+    let runner = Arc::new(
+        Runner::open(RunnerConfig {
+            sandboxes_dir,
+            daemon_binary: config.daemon_binary.clone(),
+        })
+        .await?,
+    );
+
+    let listen = config.listen;
+    let state: AppState = Arc::new(Shared::new(config, store, runner));
+    reconcile_sandboxes(&state).await?;
+    tokio::spawn(prepare_default_snapshot(state.clone(), images));
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("failed to listen on {listen}"))?;
+    tracing::info!(address = %listen, "API server listening");
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("API server stopped; running sandboxes keep running");
+    Ok(())
+}
+
+/// Refuses a data directory so deep that toolbox socket paths would not fit a socket address.
+fn check_socket_path_length(sandboxes_dir: &Path) -> anyhow::Result<()> {
+    let example = sandboxes_dir
+        .join(uuid::Uuid::nil().to_string())
+        .join("run")
+        .join(daytona_isolation_socket_name());
+    let length = example.as_os_str().len();
+    if length > MAX_SOCKET_PATH {
+        bail!(
+            "the data directory {} is too deep: toolbox socket paths would be {length} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix socket addresses; choose a shorter --data-dir",
+            sandboxes_dir.parent().unwrap_or(sandboxes_dir).display()
+        );
+    }
+    Ok(())
+}
+
+fn daytona_isolation_socket_name() -> &'static str {
+    "toolbox.sock"
+}
+
+/// Makes sure an admin key exists: the one `DAYTONA_ADMIN_API_KEY` names, or else a new one,
+/// shown once on the terminal (never in the log).
+async fn seed_admin_key(store: &Store, config: &ServerConfig) -> anyhow::Result<()> {
+    let org = store.ensure_organization(DEFAULT_ORGANIZATION).await?;
+    let new_record = |key: &str| ApiKeyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: org.id.clone(),
+        name: "admin".to_owned(),
+        key_prefix: key.chars().take(8).collect(),
+        is_admin: true,
+        created_at: daytona_wire::now_rfc3339(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+
+    if let Some(key) = &config.admin_api_key {
+        if key.trim().len() < 16 {
+            bail!("DAYTONA_ADMIN_API_KEY is too short: use at least 16 characters");
+        }
+        let hash = auth::hash_key(key);
+        if store.api_key_by_hash(&hash).await?.is_none() {
+            store.insert_api_key(&new_record(key), &hash).await?;
+        }
+        let revoked = store.revoke_other_admin_keys(&hash).await?;
+        if revoked > 0 {
+            tracing::info!(revoked, "revoked admin keys other than DAYTONA_ADMIN_API_KEY");
+        }
+        return Ok(());
+    }
+    if store.has_admin_key().await? {
+        return Ok(());
+    }
+    let key = auth::generate_key();
+    store.insert_api_key(&new_record(&key), &auth::hash_key(&key)).await?;
+    tracing::info!("generated the admin API key; it is shown once on the terminal");
+    println!(
+        "\nAn admin API key was generated. It is shown only this once and stored hashed; keep it now:\n\n    export DAYTONA_API_URL={}/api\n    export DAYTONA_API_KEY={key}\n",
+        config.public_url
+    );
+    Ok(())
+}
+
+/// Brings the store in line with the runner after a start: sandboxes that kept running are
+/// adopted, those whose processes are gone are stopped, and half-created or half-deleted ones
+/// are removed.
+async fn reconcile_sandboxes(state: &AppState) -> anyhow::Result<()> {
+    let records = state.store.all_sandboxes().await?;
+    let mut known = std::collections::HashSet::new();
+    for record in records {
+        known.insert(record.id.clone());
+        match record.state {
+            SandboxState::Creating | SandboxState::Destroying => {
+                tracing::info!(sandbox_id = %record.id, state = %record.state, "removing a sandbox the server stopped in the middle of");
+                state.runner.destroy(&record.id).await?;
+                state.store.delete_sandbox(&record.id).await?;
+            }
+            _ => {
+                let running = matches!(
+                    state.runner.state(&record.id).await,
+                    Ok(SandboxRuntimeState::Running)
+                );
+                if running {
+                    if record.state != SandboxState::Started {
+                        state.store.set_sandbox_state(&record.id, SandboxState::Started, None).await?;
+                    }
+                    let socket = state.runner.toolbox_socket(&record.id)?;
+                    state.add_route(
+                        &record.id,
+                        ToolboxRoute {
+                            organization_id: record.organization_id.clone(),
+                            socket,
+                        },
+                    );
+                } else if record.state != SandboxState::Stopped && record.state != SandboxState::Error {
+                    tracing::info!(sandbox_id = %record.id, "sandbox is no longer running; marking it stopped");
+                    state.runner.stop(&record.id).await.ok();
+                    state.store.set_sandbox_state(&record.id, SandboxState::Stopped, None).await?;
+                }
+            }
+        }
+    }
+    for sandbox_id in state.runner.sandbox_ids() {
+        if !known.contains(&sandbox_id) {
+            tracing::warn!(sandbox_id, "destroying a sandbox the store does not know");
+            state.runner.destroy(&sandbox_id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the default snapshot if the image cache lacks it, registers it, and opens the server
+/// for creates.
+async fn prepare_default_snapshot(state: AppState, images: Arc<ImageStore>) {
+    let name = daytona_images::DEFAULT_SNAPSHOT;
+    let now = daytona_wire::now_rfc3339();
+    let mut record = SnapshotRecord {
+        id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
+        organization_id: None,
+        name: name.to_owned(),
+        image_name: Some(name.to_owned()),
+        image_digest: None,
+        state: SnapshotState::Building,
+        general: true,
+        size_bytes: None,
+        cpu: state.config.limits.default_cpu,
+        gpu: 0,
+        memory: state.config.limits.default_memory,
+        disk: state.config.limits.default_disk,
+        entrypoint: None,
+        error_reason: None,
+        created_at: now.clone(),
+        updated_at: now,
+        last_used_at: None,
+    };
+    if let Ok(Some(existing)) = state.store.snapshot_by_id_or_name("", name).await {
+        record.created_at = existing.created_at;
+    }
+    if let Err(error) = state.store.upsert_snapshot(&record).await {
+        tracing::error!(error = format!("{error:#}"), "failed to register the default snapshot");
+    }
+
+    // The image store logs every progress line itself.
+    let progress = |_: &str| {};
+    let image = match images.ensure_default(&progress).await {
+        Ok(image) => image,
+        Err(error) => {
+            let reason = format!("{:#}", anyhow::Error::from(error));
+            tracing::error!(snapshot = name, error = reason, "failed to build the default snapshot");
+            record.state = SnapshotState::Error;
+            record.error_reason = Some(reason);
+            record.updated_at = daytona_wire::now_rfc3339();
+            state.store.upsert_snapshot(&record).await.ok();
+            return;
+        }
+    };
+    record.state = SnapshotState::Active;
+    record.image_digest = Some(image.manifest_digest.clone());
+    record.size_bytes = i64::try_from(image.size_bytes).ok();
+    record.updated_at = daytona_wire::now_rfc3339();
+    if let Err(error) = state.store.upsert_snapshot(&record).await {
+        tracing::error!(error = format!("{error:#}"), "failed to register the default snapshot");
+        return;
+    }
+    state
+        .images
+        .write()
+        .expect("images lock")
+        .insert(name.to_owned(), image.layers.clone());
+    state.set_ready();
+    tracing::info!(snapshot = name, digest = %image.manifest_digest, "default snapshot ready; accepting sandbox creates");
+}

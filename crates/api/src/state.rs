@@ -1,0 +1,77 @@
+//! State shared by every request handler.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use daytona_runner::Runner;
+
+use crate::auth::KeyCache;
+use crate::config::ServerConfig;
+use crate::store::Store;
+
+/// Shared state; cheap to clone.
+pub type AppState = Arc<Shared>;
+
+/// Where the toolbox proxy sends a started sandbox's traffic.
+#[derive(Debug, Clone)]
+pub struct ToolboxRoute {
+    pub organization_id: String,
+    pub socket: PathBuf,
+}
+
+pub struct Shared {
+    pub config: ServerConfig,
+    pub store: Store,
+    pub runner: Arc<Runner>,
+    pub keys: KeyCache,
+    /// Unpacked layers of each usable snapshot image, by snapshot name.
+    pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
+    /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
+    pub routes: RwLock<HashMap<String, ToolboxRoute>>,
+    /// Set once the default snapshot is ready, which is when creates can succeed.
+    ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: ServerConfig, store: Store, runner: Arc<Runner>) -> Self {
+        Self {
+            config,
+            store,
+            runner,
+            keys: KeyCache::default(),
+            images: RwLock::new(HashMap::new()),
+            routes: RwLock::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// The URL SDKs send toolbox requests to, followed by `/{sandboxId}/...`.
+    pub fn toolbox_proxy_url(&self) -> String {
+        format!("{}/toolbox", self.config.public_url)
+    }
+
+    pub fn add_route(&self, sandbox_id: &str, route: ToolboxRoute) {
+        self.routes
+            .write()
+            .expect("routes lock")
+            .insert(sandbox_id.to_owned(), route);
+    }
+
+    pub fn remove_route(&self, sandbox_id: &str) {
+        self.routes.write().expect("routes lock").remove(sandbox_id);
+    }
+
+    pub fn route(&self, sandbox_id: &str) -> Option<ToolboxRoute> {
+        self.routes.read().expect("routes lock").get(sandbox_id).cloned()
+    }
+}

@@ -1,0 +1,118 @@
+//! Schema migrations, applied in order at start and recorded in `schema_migrations`.
+
+use sqlx::AnyPool;
+
+use super::StoreError;
+
+/// Each entry is one migration: its version and the statements it runs.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE organizations (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations(id),
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            key_prefix TEXT NOT NULL,
+            is_admin INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        )",
+        "CREATE TABLE snapshots (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT,
+            name TEXT NOT NULL,
+            image_name TEXT,
+            image_digest TEXT,
+            state TEXT NOT NULL,
+            general INTEGER NOT NULL,
+            size_bytes INTEGER,
+            cpu INTEGER NOT NULL,
+            gpu INTEGER NOT NULL,
+            memory INTEGER NOT NULL,
+            disk INTEGER NOT NULL,
+            entrypoint TEXT,
+            error_reason TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_used_at TEXT
+        )",
+        "CREATE UNIQUE INDEX snapshots_name ON snapshots(name)",
+        "CREATE TABLE sandboxes (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations(id),
+            name TEXT NOT NULL,
+            snapshot TEXT,
+            os_user TEXT NOT NULL,
+            env TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            public INTEGER NOT NULL,
+            network_block_all INTEGER NOT NULL,
+            network_allow_list TEXT,
+            domain_allow_list TEXT,
+            target TEXT NOT NULL,
+            cpu INTEGER NOT NULL,
+            gpu INTEGER NOT NULL,
+            memory INTEGER NOT NULL,
+            disk INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            desired_state TEXT,
+            error_reason TEXT,
+            auto_stop_interval INTEGER NOT NULL,
+            auto_archive_interval INTEGER NOT NULL,
+            auto_delete_interval INTEGER NOT NULL,
+            auto_pause_interval INTEGER NOT NULL,
+            volumes TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_activity_at TEXT
+        )",
+        "CREATE UNIQUE INDEX sandboxes_org_name ON sandboxes(organization_id, name)",
+        "CREATE INDEX sandboxes_org_created ON sandboxes(organization_id, created_at, id)",
+    ],
+)];
+
+/// Applies every migration newer than the recorded version, each in its own transaction.
+pub(super) async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map_err(|source| StoreError::Migrate { version: 0, source })?;
+
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(pool)
+        .await
+        .map_err(|source| StoreError::Migrate { version: 0, source })?;
+    let current = current.unwrap_or(0);
+
+    for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let migrate_error = |source| StoreError::Migrate {
+            version: *version,
+            source,
+        };
+        let mut tx = pool.begin().await.map_err(migrate_error)?;
+        for statement in *statements {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(migrate_error)?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(*version)
+            .bind(daytona_wire::now_rfc3339())
+            .execute(&mut *tx)
+            .await
+            .map_err(migrate_error)?;
+        tx.commit().await.map_err(migrate_error)?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! The runner's use of the isolation runtime.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use daytona_isolation::cgroup::{self, CgroupError, CgroupManager};
+use daytona_isolation::run_dir::{self, RunDirError};
+use daytona_isolation::spawn::{self, SandboxProcess, SpawnError};
+use daytona_isolation::spec::{IdMap, SandboxSpec};
+use daytona_wire::daemon::{DEFAULT_OUTPUT_LIMIT, DaemonConfig};
+
+use crate::instance::{InstanceDirs, InstanceRecord, Limits};
+use crate::slots;
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Errors of the isolation runtime as the runner sees them.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the daemon binary {path} does not exist; build it or point --daemon-binary at it")]
+    DaemonMissing { path: PathBuf },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+}
+
+/// The isolation runtime of this host.
+pub struct Runtime {
+    daemon_binary: PathBuf,
+    cgroups: CgroupManager,
+}
+
+impl Runtime {
+    pub fn new(daemon_binary: &Path) -> Result<Self, RuntimeError> {
+        if !daemon_binary.is_file() {
+            return Err(RuntimeError::DaemonMissing {
+                path: daemon_binary.to_owned(),
+            });
+        }
+        let cgroups = CgroupManager::detect()?;
+        tracing::info!(version = ?cgroups.version(), parents = ?cgroups.parent_dirs(), "sandbox cgroups");
+        Ok(Self {
+            daemon_binary: daemon_binary.to_owned(),
+            cgroups,
+        })
+    }
+
+    fn spec(&self, dirs: &InstanceDirs, record: &InstanceRecord, cgroup_dirs: Vec<PathBuf>) -> SandboxSpec {
+        SandboxSpec {
+            sandbox_id: record.sandbox_id.clone(),
+            hostname: record.sandbox_id.clone(),
+            layers: record.layers.clone(),
+            upper_dir: dirs.upper(),
+            overlay_work_dir: dirs.overlay_work(),
+            run_dir: dirs.run(),
+            id_map: IdMap {
+                host_base: slots::host_base(record.slot),
+                size: slots::RANGE_SIZE,
+            },
+            cgroup_dirs,
+            daemon_binary: self.daemon_binary.clone(),
+            daemon: DaemonConfig {
+                sandbox_id: record.sandbox_id.clone(),
+                user: record.user.clone(),
+                env: record.env.clone(),
+                output_limit: DEFAULT_OUTPUT_LIMIT,
+                confine_workloads: true,
+            },
+            init_command: None,
+        }
+    }
+
+    /// Starts the sandbox's processes: prepares its directories, creates its cgroups with
+    /// their limits, and runs the setup stage. On failure the cgroups are removed again.
+    pub async fn start(&self, dirs: &InstanceDirs, record: &InstanceRecord) -> Result<SandboxProcess, RuntimeError> {
+        let limits = cgroup_limits(&record.limits);
+        let mut spec = self.spec(dirs, record, Vec::new());
+        run_dir::prepare(&spec)?;
+        let cgroup = self.cgroups.create(&record.sandbox_id, &limits)?;
+        spec.cgroup_dirs = cgroup.dirs();
+        match spawn::start(&spec).await {
+            Ok(process) => Ok(process),
+            Err(error) => {
+                self.release_cgroup(&record.sandbox_id);
+                Err(error.into())
+            }
+        }
+    }
+
+    pub fn is_running(&self, process: &SandboxProcess) -> bool {
+        spawn::is_running(process)
+    }
+
+    /// Stops a sandbox's PID 1: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&self, process: &SandboxProcess, grace: Duration) {
+        if let Err(error) = spawn::stop(process, grace).await {
+            tracing::warn!(pid = process.pid, %error, "failed to stop sandbox PID 1");
+        }
+    }
+
+    /// Kills whatever still runs in the sandbox's cgroups and removes them.
+    pub fn release_cgroup(&self, sandbox_id: &str) {
+        let cgroup = match self.cgroups.sandbox(sandbox_id) {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                tracing::warn!(sandbox_id, %error, "invalid sandbox cgroup name");
+                return;
+            }
+        };
+        if !cgroup.exists() {
+            return;
+        }
+        if let Err(error) = cgroup.kill_all() {
+            tracing::warn!(sandbox_id, %error, "failed to kill the processes left in the sandbox's cgroups");
+        }
+        if let Err(error) = cgroup.remove() {
+            tracing::warn!(sandbox_id, %error, "failed to remove the sandbox's cgroups");
+        }
+    }
+}
+
+fn cgroup_limits(limits: &Limits) -> cgroup::Limits {
+    cgroup::Limits {
+        cpus: limits.cpus,
+        memory_bytes: u64::from(limits.memory_gib) * GIB,
+        pids: u64::from(limits.pids),
+    }
+}

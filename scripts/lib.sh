@@ -1,0 +1,56 @@
+# Shared steps of scripts/start and scripts/test: install what is missing, then build.
+# Sourced, not run.
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+target_triple=x86_64-unknown-linux-gnu
+release_dir="$repo_root/target/release"
+daemon_bin="$repo_root/target/$target_triple/release/daytona-daemon"
+daytona_bin="$release_dir/daytona"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: run this as root (sudo $0): the isolation runtime needs root for namespaces, mounts and cgroups" >&2
+        exit 1
+    fi
+}
+
+# Debian packages the platform needs at run time and to build.
+runtime_packages=(mmdebstrap ca-certificates gcc libc6-dev pkg-config git curl python3 python3-venv)
+
+install_packages() {
+    local wanted=("$@") missing=()
+    for package in "${wanted[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# Uses the machine's Rust toolchain (rustup's if present), else Debian's rustc-web.
+ensure_rust() {
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        install_packages rustc-web cargo-web
+    fi
+    log "using $(cargo --version)"
+}
+
+build() {
+    cd "$repo_root"
+    log "building daytona (release)"
+    cargo build --release --locked -p daytona-cli
+    log "building the static daytona-daemon (release)"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release --locked -p daytona-daemon --target "$target_triple"
+    if ldd "$daemon_bin" >/dev/null 2>&1; then
+        echo "error: $daemon_bin is dynamically linked; it must be static to run inside any image" >&2
+        exit 1
+    fi
+}

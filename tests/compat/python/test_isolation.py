@@ -1,0 +1,70 @@
+"""Isolation seen from inside a sandbox, through the official SDK."""
+
+import os
+import uuid
+
+import pytest
+from daytona import DaytonaNotFoundError
+
+
+@pytest.fixture
+def host_marker():
+    """A file on the host that no sandbox may see."""
+    path = f"/tmp/host-only-{uuid.uuid4().hex}"
+    with open(path, "w") as marker:
+        marker.write("host secret\n")
+    yield path
+    os.unlink(path)
+
+
+def test_host_files_are_not_visible(sandbox, host_marker):
+    assert sandbox.process.exec(f"cat {host_marker}").exit_code != 0
+    assert sandbox.process.exec(f"sudo cat /proc/1/root{host_marker}").exit_code != 0
+    assert sandbox.process.exec(f"cat /../../..{host_marker}").exit_code != 0
+    with pytest.raises(DaytonaNotFoundError):
+        sandbox.fs.download_file(f"../../../..{host_marker}")
+
+
+def test_root_inside_is_not_root_outside(server, sandbox):
+    uid_map = sandbox.process.exec("cat /proc/self/uid_map").result.split()
+    assert uid_map[0] == "0"
+    host_base = int(uid_map[1])
+    assert host_base >= 100000
+    # A file that root creates inside lands in the upper directory owned by that host uid.
+    assert sandbox.process.exec("sudo touch /root-made-this").exit_code == 0
+    upper_file = os.path.join(server.data_dir, "sandboxes", sandbox.id, "upper", "root-made-this")
+    assert os.stat(upper_file).st_uid == host_base
+
+
+def test_sandboxes_do_not_see_each_other(daytona, sandbox):
+    other = daytona.create()
+    try:
+        marker = uuid.uuid4().hex
+        other.process.exec(f"sleep 300 {marker} >/dev/null 2>&1 &")
+        assert marker not in sandbox.process.exec("ps -eo args").result
+        other.fs.upload_file(marker.encode(), "/tmp/other-marker")
+        assert sandbox.process.exec("cat /tmp/other-marker").exit_code != 0
+    finally:
+        daytona.delete(other)
+
+
+def test_network_has_loopback_only(sandbox):
+    interfaces = sandbox.process.exec("ls /sys/class/net").result.split()
+    assert interfaces == ["lo"]
+
+
+def test_namespace_creation_refused(sandbox):
+    assert sandbox.process.exec("sudo unshare -U true").exit_code != 0
+    assert sandbox.process.exec("sudo unshare -n true").exit_code != 0
+
+
+def test_limits(sandbox):
+    status = sandbox.process.exec("cat /proc/self/status").result
+    assert "Seccomp:\t2" in status
+    pids_max = sandbox.process.exec("cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max").result.strip()
+    assert pids_max in ("2048", "")
+
+
+def test_killing_pid1_is_contained(daytona, sandbox):
+    sandbox.process.exec("sudo kill -9 1")
+    assert sandbox.process.exec("echo alive").result == "alive\n"
