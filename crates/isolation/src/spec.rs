@@ -27,6 +27,10 @@ pub struct SandboxSpec {
     /// Host path of the static daemon binary, bind-mounted read-only into the sandbox.
     pub daemon_binary: PathBuf,
     pub daemon: DaemonConfig,
+    /// Test hook: PID 1 runs this command, confined like a workload, in place of the toolbox
+    /// server, and the sandbox ends when the command exits. Production specs leave it unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_command: Option<Vec<String>>,
 }
 
 /// Maps uids and gids `0..size` inside the sandbox to `host_base..host_base + size` outside.
@@ -42,3 +46,17 @@ pub const TOOLBOX_SOCKET: &str = "toolbox.sock";
 
 /// Path inside the sandbox where the daemon binary is bind-mounted.
 pub const DAEMON_PATH_IN_SANDBOX: &str = "/usr/local/bin/daytona-daemon";
+
+/// File name, in a sandbox's run directory, of the log that receives the standard output and
+/// error of the setup stage, PID 1 and the toolbox server.
+pub const LOG_FILE: &str = "sandbox.log";
+
+/// Directory, in a sandbox's run directory, where the overlay root is mounted.
+pub const ROOTFS_DIR: &str = "rootfs";
+
+/// Directory, in a sandbox's run directory, with one mount point per ID-mapped layer.
+pub const LOWER_DIR: &str = "lower";
+
+/// Files in a sandbox's run directory that are bind-mounted read-only over the same names in
+/// the sandbox's `/etc`.
+pub const ETC_FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];

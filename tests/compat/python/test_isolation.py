@@ -58,11 +58,24 @@ def test_namespace_creation_refused(sandbox):
     assert sandbox.process.exec("sudo unshare -n true").exit_code != 0
 
 
-def test_limits(sandbox):
+def sandbox_cgroup_file(sandbox_id: str, controller: str, name: str) -> str:
+    """Host path of a control file of the sandbox's cgroup (the server runs in this process's
+    cgroup, and puts sandboxes below it)."""
+    with open("/proc/self/cgroup") as own:
+        for line in own:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return f"/sys/fs/cgroup/{controller}{path.rstrip('/')}/daytona-sandboxes/{sandbox_id}/{name}"
+    return f"/sys/fs/cgroup{path.rstrip('/')}/daytona-sandboxes/{sandbox_id}/{name}"
+
+
+def test_seccomp_and_limits(sandbox):
     status = sandbox.process.exec("cat /proc/self/status").result
     assert "Seccomp:\t2" in status
-    pids_max = sandbox.process.exec("cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max").result.strip()
-    assert pids_max in ("2048", "")
+    with open(sandbox_cgroup_file(sandbox.id, "pids", "pids.max")) as pids_max:
+        assert pids_max.read().strip() == "2048"
+    with open(sandbox_cgroup_file(sandbox.id, "memory", "memory.limit_in_bytes")) as memory_max:
+        assert int(memory_max.read()) == 1 << 30
 
 
 def test_killing_pid1_is_contained(daytona, sandbox):
