@@ -3,7 +3,8 @@
 Measures, on the default snapshot's root filesystem:
 
   (a) server-side create: `POST /api/sandbox` over raw HTTP with keep-alive on loopback, from
-      sending the request to the complete answer (the sandbox is started by then);
+      the API receiving the request to its answer (the handler's `Server-Timing: total`; the
+      sandbox is started by then), and the client's round trip of the same request;
   (b) create to first exec through the official Python SDK: `Daytona().create()` followed by
       `sandbox.process.exec("true")`;
 
@@ -118,11 +119,21 @@ def crun_loop(bundle: str, count: int) -> None:
     print(json.dumps([once(index) for index in range(count)]))
 
 
-def server_create_samples(server: Server, count: int) -> list[float]:
+def server_timing_total(header: str | None) -> float:
+    """The `total` duration of a Server-Timing header, in seconds."""
+    for metric in (header or "").split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "total" and params.startswith("dur="):
+            return float(params[4:]) / 1000
+    raise RuntimeError(f"no total in Server-Timing {header!r}")
+
+
+def server_create_samples(server: Server, count: int) -> tuple[list[float], list[float]]:
+    """Returns (server-side times from Server-Timing, client round trips)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port)
     headers = {"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"}
     body = json.dumps({"labels": {"code-toolbox-language": "python"}})
-    samples = []
+    server_side, round_trips = [], []
     for index in range(count + 1):
         started = time.perf_counter()
         connection.request("POST", "/api/sandbox", body=body, headers=headers)
@@ -135,9 +146,10 @@ def server_create_samples(server: Server, count: int) -> list[float]:
         connection.request("DELETE", f"/api/sandbox/{sandbox_id}", headers=headers)
         connection.getresponse().read()
         if index > 0:  # the first one warms up
-            samples.append(elapsed)
+            server_side.append(server_timing_total(response.getheader("server-timing")))
+            round_trips.append(elapsed)
     connection.close()
-    return samples
+    return server_side, round_trips
 
 
 def sdk_samples(server: Server, count: int) -> list[float]:
@@ -180,7 +192,9 @@ def main() -> int:
         server.start()
         results["bwrap /bin/true"] = bwrap_samples(rootfs, args.iterations)
         results["crun /bin/true"] = crun_samples(rootfs, args.iterations)
-        results["daytona server-side create"] = server_create_samples(server, args.iterations)
+        server_side, round_trips = server_create_samples(server, args.iterations)
+        results["daytona server-side create"] = server_side
+        results["daytona POST /sandbox round trip"] = round_trips
         results["daytona SDK create + first exec"] = sdk_samples(server, args.iterations)
     finally:
         server.stop()

@@ -36,16 +36,12 @@ pub fn hash_key(key: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub organization_id: String,
-    pub key_id: String,
-    pub is_admin: bool,
 }
 
 impl From<&ApiKeyRecord> for Caller {
     fn from(key: &ApiKeyRecord) -> Self {
         Self {
             organization_id: key.organization_id.clone(),
-            key_id: key.id.clone(),
-            is_admin: key.is_admin,
         }
     }
 }
@@ -76,18 +72,20 @@ impl KeyCache {
             .insert(hash, (caller.clone(), Instant::now()));
         Ok(Some(caller))
     }
-
-    /// Forgets every cached key, so that a revocation takes effect at once.
-    pub fn clear(&self) {
-        self.entries.lock().expect("key cache lock").clear();
-    }
 }
 
 /// Extracts the bearer token of the `Authorization` header.
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use daytona_wire::{ErrorBody, ErrorSource};
@@ -44,10 +44,6 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
     }
 
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
-    }
-
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
@@ -57,7 +53,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            message,
+        )
     }
 
     /// An unexpected failure: the client sees `message` and a request id, the log sees `error`.
@@ -68,10 +68,6 @@ impl ApiError {
             message: message.into(),
             internal: Some(error.into()),
         }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
     }
 }
 
@@ -134,7 +130,11 @@ pub async fn complete_error_bodies(request: Request, next: Next) -> Response {
 
 /// Answers a request that matched no route.
 pub async fn route_not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// Answers a request whose route exists with other methods.
@@ -142,14 +142,10 @@ pub async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
-        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
-}
-
-/// Marks a response as not cacheable; the API's answers describe live state.
-pub fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }

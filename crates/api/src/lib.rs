@@ -1,5 +1,7 @@
 //! The Daytona REST API server.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 pub mod config;
 mod dto;
@@ -12,3 +14,6 @@ pub mod store;
 
 pub use config::{SandboxLimits, ServerConfig};
 pub use server::run;
+
+#[cfg(test)]
+mod tests;

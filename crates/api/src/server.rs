@@ -19,19 +19,28 @@ use crate::store::{ApiKeyRecord, SnapshotRecord, Store};
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Runs the server until `shutdown` completes. Sandboxes keep running after it returns.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("failed to create the data directory {}", config.data_dir.display()))?;
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "failed to create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let sandboxes_dir = config.data_dir.join("sandboxes");
     check_socket_path_length(&sandboxes_dir)?;
 
     let store = Store::open_sqlite(&config.data_dir.join("daytona.db")).await?;
     seed_admin_key(&store, &config).await?;
 
-    let images = Arc::new(
-        ImageStore::open(&config.image_cache_dir)
-            .with_context(|| format!("failed to open the image store {}", config.image_cache_dir.display()))?,
-    );
+    let images = Arc::new(ImageStore::open(&config.image_cache_dir).with_context(|| {
+        format!(
+            "failed to open the image store {}",
+            config.image_cache_dir.display()
+        )
+    })?);
     let runner = Arc::new(
         Runner::open(RunnerConfig {
             sandboxes_dir,
@@ -102,7 +111,10 @@ async fn seed_admin_key(store: &Store, config: &ServerConfig) -> anyhow::Result<
         }
         let revoked = store.revoke_other_admin_keys(&hash).await?;
         if revoked > 0 {
-            tracing::info!(revoked, "revoked admin keys other than DAYTONA_ADMIN_API_KEY");
+            tracing::info!(
+                revoked,
+                "revoked admin keys other than DAYTONA_ADMIN_API_KEY"
+            );
         }
         return Ok(());
     }
@@ -110,7 +122,9 @@ async fn seed_admin_key(store: &Store, config: &ServerConfig) -> anyhow::Result<
         return Ok(());
     }
     let key = auth::generate_key();
-    store.insert_api_key(&new_record(&key), &auth::hash_key(&key)).await?;
+    store
+        .insert_api_key(&new_record(&key), &auth::hash_key(&key))
+        .await?;
     tracing::info!("generated the admin API key; it is shown once on the terminal");
     println!(
         "\nAn admin API key was generated. It is shown only this once and stored hashed; keep it now:\n\n    export DAYTONA_API_URL={}/api\n    export DAYTONA_API_KEY={key}\n",
@@ -140,7 +154,10 @@ async fn reconcile_sandboxes(state: &AppState) -> anyhow::Result<()> {
                 );
                 if running {
                     if record.state != SandboxState::Started {
-                        state.store.set_sandbox_state(&record.id, SandboxState::Started, None).await?;
+                        state
+                            .store
+                            .set_sandbox_state(&record.id, SandboxState::Started, None)
+                            .await?;
                     }
                     let socket = state.runner.toolbox_socket(&record.id)?;
                     state.add_route(
@@ -150,10 +167,15 @@ async fn reconcile_sandboxes(state: &AppState) -> anyhow::Result<()> {
                             socket,
                         },
                     );
-                } else if record.state != SandboxState::Stopped && record.state != SandboxState::Error {
+                } else if record.state != SandboxState::Stopped
+                    && record.state != SandboxState::Error
+                {
                     tracing::info!(sandbox_id = %record.id, "sandbox is no longer running; marking it stopped");
                     state.runner.stop(&record.id).await.ok();
-                    state.store.set_sandbox_state(&record.id, SandboxState::Stopped, None).await?;
+                    state
+                        .store
+                        .set_sandbox_state(&record.id, SandboxState::Stopped, None)
+                        .await?;
                 }
             }
         }
@@ -195,7 +217,10 @@ async fn prepare_default_snapshot(state: AppState, images: Arc<ImageStore>) {
         record.created_at = existing.created_at;
     }
     if let Err(error) = state.store.upsert_snapshot(&record).await {
-        tracing::error!(error = format!("{error:#}"), "failed to register the default snapshot");
+        tracing::error!(
+            error = format!("{error:#}"),
+            "failed to register the default snapshot"
+        );
     }
 
     // The image store logs every progress line itself.
@@ -204,7 +229,11 @@ async fn prepare_default_snapshot(state: AppState, images: Arc<ImageStore>) {
         Ok(image) => image,
         Err(error) => {
             let reason = format!("{:#}", anyhow::Error::from(error));
-            tracing::error!(snapshot = name, error = reason, "failed to build the default snapshot");
+            tracing::error!(
+                snapshot = name,
+                error = reason,
+                "failed to build the default snapshot"
+            );
             record.state = SnapshotState::Error;
             record.error_reason = Some(reason);
             record.updated_at = daytona_wire::now_rfc3339();
@@ -217,7 +246,10 @@ async fn prepare_default_snapshot(state: AppState, images: Arc<ImageStore>) {
     record.size_bytes = i64::try_from(image.size_bytes).ok();
     record.updated_at = daytona_wire::now_rfc3339();
     if let Err(error) = state.store.upsert_snapshot(&record).await {
-        tracing::error!(error = format!("{error:#}"), "failed to register the default snapshot");
+        tracing::error!(
+            error = format!("{error:#}"),
+            "failed to register the default snapshot"
+        );
         return;
     }
     state

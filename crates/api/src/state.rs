@@ -72,6 +72,10 @@ impl Shared {
     }
 
     pub fn route(&self, sandbox_id: &str) -> Option<ToolboxRoute> {
-        self.routes.read().expect("routes lock").get(sandbox_id).cloned()
+        self.routes
+            .read()
+            .expect("routes lock")
+            .get(sandbox_id)
+            .cloned()
     }
 }

@@ -66,14 +66,20 @@ impl Client {
         })
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let response = request
             .bearer_auth(&self.api_key)
             .send()
             .await
             .with_context(|| format!("failed to reach the API at {}", self.api_url))?;
         let status = response.status();
-        let body = response.bytes().await.context("failed to read the API's response")?;
+        let body = response
+            .bytes()
+            .await
+            .context("failed to read the API's response")?;
         if !status.is_success() {
             let message = serde_json::from_slice::<daytona_wire::ErrorBody>(&body)
                 .map(|error| error.message)
@@ -84,10 +90,15 @@ impl Client {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.api_url))).await
+        self.send(self.http.get(format!("{}{path}", self.api_url)))
+            .await
     }
 
-    async fn post<T: DeserializeOwned>(&self, url: String, body: &impl Serialize) -> anyhow::Result<T> {
+    async fn post<T: DeserializeOwned>(
+        &self,
+        url: String,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         self.send(self.http.post(url).json(body)).await
     }
 
@@ -105,7 +116,10 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
 }
 
 fn print_json(value: &impl Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("wire types always serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("wire types always serialize")
+    );
 }
 
 pub fn run_sandbox(command: SandboxCommand) -> anyhow::Result<()> {
@@ -114,7 +128,7 @@ pub fn run_sandbox(command: SandboxCommand) -> anyhow::Result<()> {
         match command {
             SandboxCommand::List => {
                 let mut cursor: Option<String> = None;
-                println!("{:<38} {:<24} {:<10} {}", "ID", "NAME", "STATE", "CREATED");
+                println!("{:<38} {:<24} {:<10} CREATED", "ID", "NAME", "STATE");
                 loop {
                     let path = match &cursor {
                         Some(cursor) => format!("/sandbox?cursor={cursor}"),
@@ -122,7 +136,10 @@ pub fn run_sandbox(command: SandboxCommand) -> anyhow::Result<()> {
                     };
                     let page: ListSandboxes = client.get(&path).await?;
                     for sandbox in &page.items {
-                        println!("{:<38} {:<24} {:<10} {}", sandbox.id, sandbox.name, sandbox.state, sandbox.created_at);
+                        println!(
+                            "{:<38} {:<24} {:<10} {}",
+                            sandbox.id, sandbox.name, sandbox.state, sandbox.created_at
+                        );
                     }
                     match page.next_cursor {
                         Some(next) => cursor = Some(next),
@@ -132,32 +149,56 @@ pub fn run_sandbox(command: SandboxCommand) -> anyhow::Result<()> {
             }
             SandboxCommand::Create { name, snapshot } => {
                 let body = serde_json::json!({ "name": name, "snapshot": snapshot });
-                let sandbox: Sandbox = client.post(format!("{}/sandbox", client.api_url), &body).await?;
+                let sandbox: Sandbox = client
+                    .post(format!("{}/sandbox", client.api_url), &body)
+                    .await?;
                 println!("{}", sandbox.id);
             }
             SandboxCommand::Get { id_or_name } => print_json(&client.sandbox(&id_or_name).await?),
             SandboxCommand::Delete { id_or_name } => {
                 let sandbox: Sandbox = client
-                    .send(client.http.delete(format!("{}/sandbox/{id_or_name}", client.api_url)))
+                    .send(
+                        client
+                            .http
+                            .delete(format!("{}/sandbox/{id_or_name}", client.api_url)),
+                    )
                     .await?;
                 println!("deleted {}", sandbox.id);
             }
             SandboxCommand::Start { id_or_name } => {
                 let sandbox: Sandbox = client
-                    .post(format!("{}/sandbox/{id_or_name}/start", client.api_url), &serde_json::json!({}))
+                    .post(
+                        format!("{}/sandbox/{id_or_name}/start", client.api_url),
+                        &serde_json::json!({}),
+                    )
                     .await?;
                 println!("{} is {}", sandbox.id, sandbox.state);
             }
             SandboxCommand::Stop { id_or_name } => {
                 let sandbox: Sandbox = client
-                    .post(format!("{}/sandbox/{id_or_name}/stop", client.api_url), &serde_json::json!({}))
+                    .post(
+                        format!("{}/sandbox/{id_or_name}/stop", client.api_url),
+                        &serde_json::json!({}),
+                    )
                     .await?;
                 println!("{} is {}", sandbox.id, sandbox.state);
             }
-            SandboxCommand::Exec { id_or_name, command, timeout } => {
+            SandboxCommand::Exec {
+                id_or_name,
+                command,
+                timeout,
+            } => {
                 let sandbox = client.sandbox(&id_or_name).await?;
-                let url = format!("{}/{}/process/execute", sandbox.toolbox_proxy_url, sandbox.id);
-                let request = ExecuteRequest { command, cwd: None, envs: None, timeout };
+                let url = format!(
+                    "{}/{}/process/execute",
+                    sandbox.toolbox_proxy_url, sandbox.id
+                );
+                let request = ExecuteRequest {
+                    command,
+                    cwd: None,
+                    envs: None,
+                    timeout,
+                };
                 let response: ExecuteResponse = client.post(url, &request).await?;
                 print!("{}", response.result);
                 std::process::exit(response.exit_code.clamp(0, 255));
@@ -173,10 +214,15 @@ pub fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
         match command {
             SnapshotCommand::List => {
                 let page: PaginatedSnapshots = client.get("/snapshots?limit=200").await?;
-                println!("{:<30} {:<10} {}", "NAME", "STATE", "SIZE (GiB)");
+                println!("{:<30} {:<10} SIZE (GiB)", "NAME", "STATE");
                 for snapshot in page.items {
                     let size = snapshot.size.map(|s| format!("{s:.2}")).unwrap_or_default();
-                    println!("{:<30} {:<10} {}", snapshot.name, serde_json::to_value(snapshot.state)?.as_str().unwrap_or(""), size);
+                    println!(
+                        "{:<30} {:<10} {}",
+                        snapshot.name,
+                        serde_json::to_value(snapshot.state)?.as_str().unwrap_or(""),
+                        size
+                    );
                 }
             }
         }

@@ -20,8 +20,9 @@ pub enum ImageCommand {
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::PrepareDefault { image_cache } => {
-            let store = ImageStore::open(&image_cache)
-                .with_context(|| format!("failed to open the image store {}", image_cache.display()))?;
+            let store = ImageStore::open(&image_cache).with_context(|| {
+                format!("failed to open the image store {}", image_cache.display())
+            })?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -43,7 +43,8 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("daytona"));
     }
-    let home = std::env::var_os("HOME").context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?;
+    let home = std::env::var_os("HOME")
+        .context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?;
     Ok(PathBuf::from(home).join(".local/share/daytona"))
 }
 
@@ -51,11 +52,22 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 /// with `--target x86_64-unknown-linux-gnu`, where the static build lands.
 fn default_daemon_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("failed to find this executable's path")?;
-    let dir = exe.parent().context("this executable has no parent directory")?;
-    let profile = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .context("this executable has no parent directory")?;
+    let profile = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut candidates = vec![dir.join("daytona-daemon")];
     if let Some(target_dir) = dir.parent() {
-        candidates.insert(0, target_dir.join("x86_64-unknown-linux-gnu").join(&profile).join("daytona-daemon"));
+        candidates.insert(
+            0,
+            target_dir
+                .join("x86_64-unknown-linux-gnu")
+                .join(&profile)
+                .join("daytona-daemon"),
+        );
     }
     for candidate in &candidates {
         if candidate.is_file() {
@@ -64,19 +76,37 @@ fn default_daemon_binary() -> anyhow::Result<PathBuf> {
     }
     bail!(
         "the static daytona-daemon binary was not found (looked at {}); build it or pass --daemon-binary",
-        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
 /// Logs to the terminal and to `<data-dir>/logs/server.log`.
-fn init_logging(data_dir: &std::path::Path) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+fn init_logging(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     let logs = data_dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("failed to create {}", logs.display()))?;
-    let (file_writer, guard) = tracing_appender::non_blocking(tracing_appender::rolling::never(&logs, "server.log"));
-    let filter = || EnvFilter::try_from_env("DAYTONA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    std::fs::create_dir_all(&logs)
+        .with_context(|| format!("failed to create {}", logs.display()))?;
+    let (file_writer, guard) =
+        tracing_appender::non_blocking(tracing_appender::rolling::never(&logs, "server.log"));
+    let filter =
+        || EnvFilter::try_from_env("DAYTONA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()))
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file_writer).with_filter(filter()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file_writer)
+                .with_filter(filter()),
+        )
         .init();
     Ok(guard)
 }
@@ -88,7 +118,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
-    let data_dir = data_dir.canonicalize().context("failed to resolve the data directory")?;
+    let data_dir = data_dir
+        .canonicalize()
+        .context("failed to resolve the data directory")?;
     let _log_guard = init_logging(&data_dir)?;
 
     let image_cache_dir = args.image_cache.unwrap_or_else(|| data_dir.join("images"));
@@ -97,9 +129,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => default_daemon_binary()?,
     };
     // The setup stage bind-mounts the binary from another working directory.
-    let daemon_binary = daemon_binary
-        .canonicalize()
-        .with_context(|| format!("the daemon binary {} does not exist", daemon_binary.display()))?;
+    let daemon_binary = daemon_binary.canonicalize().with_context(|| {
+        format!(
+            "the daemon binary {} does not exist",
+            daemon_binary.display()
+        )
+    })?;
     let public_url = args
         .public_url
         .unwrap_or_else(|| format!("http://{}", args.listen))
@@ -111,15 +146,18 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         public_url,
         daemon_binary,
-        admin_api_key: std::env::var("DAYTONA_ADMIN_API_KEY").ok().filter(|k| !k.is_empty()),
+        admin_api_key: std::env::var("DAYTONA_ADMIN_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
         limits: SandboxLimits::default(),
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = async {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler succeeds");
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler succeeds");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}

@@ -4,6 +4,8 @@
 //! One hop: the API server's process connects straight to the toolbox socket the runtime bound
 //! for the sandbox, with no proxy in between.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::Path;
 
@@ -44,7 +46,10 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
         && headers.contains_key(header::UPGRADE)
 }
 

@@ -4,6 +4,8 @@
 //! record on disk beside its files (so a restarted server adopts sandboxes that kept running
 //! and finds the stopped ones), and knows where each sandbox's toolbox socket is.
 
+#![forbid(unsafe_code)]
+
 mod instance;
 mod runner;
 mod runtime;

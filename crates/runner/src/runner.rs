@@ -118,7 +118,10 @@ impl Runner {
                     }
                 }
             }
-            self.slots.lock().expect("slots lock").mark_used(record.slot);
+            self.slots
+                .lock()
+                .expect("slots lock")
+                .mark_used(record.slot);
             self.instances.lock().expect("instances lock").insert(
                 sandbox_id,
                 Arc::new(Instance {
@@ -142,7 +145,12 @@ impl Runner {
 
     /// Ids of every sandbox on this runner.
     pub fn sandbox_ids(&self) -> Vec<String> {
-        self.instances.lock().expect("instances lock").keys().cloned().collect()
+        self.instances
+            .lock()
+            .expect("instances lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Creates and starts a sandbox. On failure nothing of it is left behind.
@@ -243,7 +251,10 @@ impl Runner {
         }
         self.runtime.release_cgroup(sandbox_id);
         remove_dir(&instance.dirs.root);
-        self.instances.lock().expect("instances lock").remove(sandbox_id);
+        self.instances
+            .lock()
+            .expect("instances lock")
+            .remove(sandbox_id);
         self.slots.lock().expect("slots lock").release(record.slot);
         Ok(())
     }
@@ -277,6 +288,8 @@ fn remove_dir(path: &Path) {
     match std::fs::remove_dir_all(path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(path = %path.display(), %error, "failed to remove sandbox directory"),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "failed to remove sandbox directory")
+        }
     }
 }

@@ -48,7 +48,12 @@ impl Runtime {
         })
     }
 
-    fn spec(&self, dirs: &InstanceDirs, record: &InstanceRecord, cgroup_dirs: Vec<PathBuf>) -> SandboxSpec {
+    fn spec(
+        &self,
+        dirs: &InstanceDirs,
+        record: &InstanceRecord,
+        cgroup_dirs: Vec<PathBuf>,
+    ) -> SandboxSpec {
         SandboxSpec {
             sandbox_id: record.sandbox_id.clone(),
             hostname: record.sandbox_id.clone(),
@@ -75,7 +80,11 @@ impl Runtime {
 
     /// Starts the sandbox's processes: prepares its directories, creates its cgroups with
     /// their limits, and runs the setup stage. On failure the cgroups are removed again.
-    pub async fn start(&self, dirs: &InstanceDirs, record: &InstanceRecord) -> Result<SandboxProcess, RuntimeError> {
+    pub async fn start(
+        &self,
+        dirs: &InstanceDirs,
+        record: &InstanceRecord,
+    ) -> Result<SandboxProcess, RuntimeError> {
         let limits = cgroup_limits(&record.limits);
         let mut spec = self.spec(dirs, record, Vec::new());
         run_dir::prepare(&spec)?;

@@ -119,3 +119,57 @@ pub struct DirResponse {
 pub struct VersionResponse {
     pub version: String,
 }
+
+/// One written file in the response of `POST /files/bulk-upload` (Daytona's `FsFileResult`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsFileResult {
+    /// Destination path as the request named it.
+    pub path: String,
+    /// Number of bytes written.
+    pub bytes: u64,
+}
+
+/// Response of `POST /files/bulk-upload`, with status 200 when every file was written and 400
+/// when any failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadFilesResponse {
+    pub files: Vec<FsFileResult>,
+    /// One message per file or body failure, each naming the destination.
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use serde_json::json;
+
+    #[test]
+    fn upload_response_has_files_and_errors() {
+        let response = UploadFilesResponse {
+            files: vec![FsFileResult {
+                path: "a.txt".to_owned(),
+                bytes: 3,
+            }],
+            errors: vec!["b.txt: permission denied".to_owned()],
+        };
+        assert_eq!(
+            serde_json::to_value(response).unwrap(),
+            json!({"files": [{"path": "a.txt", "bytes": 3}], "errors": ["b.txt: permission denied"]})
+        );
+    }
+
+    #[test]
+    fn execute_response_is_camel_case_with_optional_streams() {
+        let response = ExecuteResponse {
+            exit_code: -1,
+            result: "r".to_owned(),
+            stdout: None,
+            stderr: Some("e".to_owned()),
+        };
+        assert_eq!(
+            serde_json::to_value(response).unwrap(),
+            json!({"exitCode": -1, "result": "r", "stderr": "e"})
+        );
+    }
+}

@@ -18,7 +18,10 @@ use crate::state::AppState;
 /// `GET /api/health`: 200 once the server accepts sandbox creates, 503 before.
 async fn health(State(state): State<AppState>) -> Response {
     if state.is_ready() {
-        Json(Health { status: "ok".to_owned() }).into_response()
+        Json(Health {
+            status: "ok".to_owned(),
+        })
+        .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -36,10 +39,16 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .route("/sandbox", post(sandboxes::create).get(sandboxes::list))
-        .route("/sandbox/{id}", get(sandboxes::get).delete(sandboxes::delete))
+        .route(
+            "/sandbox/{id}",
+            get(sandboxes::get).delete(sandboxes::delete),
+        )
         .route("/sandbox/{id}/start", post(sandboxes::start))
         .route("/sandbox/{id}/stop", post(sandboxes::stop))
-        .route("/sandbox/{id}/toolbox-proxy-url", get(sandboxes::toolbox_proxy_url))
+        .route(
+            "/sandbox/{id}/toolbox-proxy-url",
+            get(sandboxes::toolbox_proxy_url),
+        )
         .route("/snapshots", get(snapshots::list))
         .route("/snapshots/{id}", get(snapshots::get));
 

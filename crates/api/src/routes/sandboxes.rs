@@ -1,9 +1,12 @@
 //! `/sandbox` routes: create, read, list, delete, start and stop.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use daytona_runner::{CreateParams, Limits};
@@ -119,7 +122,8 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<CreateSandbox>,
-) -> Result<Json<Sandbox>, ApiError> {
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
     if !state.is_ready() {
         return Err(ApiError::unavailable(
             "the server is still preparing the default snapshot; GET /api/health answers 200 once creates are accepted",
@@ -134,7 +138,9 @@ pub async fn create(
         return Err(ApiError::bad_request("volumes are not supported yet"));
     }
     if body.gpu.unwrap_or(0) > 0 || body.gpu_type.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_request("GPUs are not available on this server"));
+        return Err(ApiError::bad_request(
+            "GPUs are not available on this server",
+        ));
     }
     if body.kvm == Some(true) {
         return Err(ApiError::bad_request("KVM is not available on this server"));
@@ -175,15 +181,53 @@ pub async fn create(
         .expect("images lock")
         .get(&snapshot.name)
         .cloned()
-        .ok_or_else(|| ApiError::bad_request(format!("snapshot {:?} has no image on this runner", snapshot.name)))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "snapshot {:?} has no image on this runner",
+                snapshot.name
+            ))
+        })?;
 
     let limits = &state.config.limits;
-    let cpu = resource("cpu", body.cpu, snapshot.cpu.max(limits.default_cpu), limits.max_cpu, "vCPUs")?;
-    let memory = resource("memory", body.memory, snapshot.memory.max(limits.default_memory), limits.max_memory, "GiB")?;
-    let disk = resource("disk", body.disk, snapshot.disk.max(limits.default_disk), limits.max_disk, "GiB")?;
-    let auto_stop_interval = interval("autoStopInterval", body.auto_stop_interval, DEFAULT_AUTO_STOP_MINUTES, 0)?;
-    let auto_archive_interval = interval("autoArchiveInterval", body.auto_archive_interval, DEFAULT_AUTO_ARCHIVE_MINUTES, 0)?;
-    let auto_delete_interval = interval("autoDeleteInterval", body.auto_delete_interval, DEFAULT_AUTO_DELETE_MINUTES, -1)?;
+    let cpu = resource(
+        "cpu",
+        body.cpu,
+        snapshot.cpu.max(limits.default_cpu),
+        limits.max_cpu,
+        "vCPUs",
+    )?;
+    let memory = resource(
+        "memory",
+        body.memory,
+        snapshot.memory.max(limits.default_memory),
+        limits.max_memory,
+        "GiB",
+    )?;
+    let disk = resource(
+        "disk",
+        body.disk,
+        snapshot.disk.max(limits.default_disk),
+        limits.max_disk,
+        "GiB",
+    )?;
+    let auto_stop_interval = interval(
+        "autoStopInterval",
+        body.auto_stop_interval,
+        DEFAULT_AUTO_STOP_MINUTES,
+        0,
+    )?;
+    let auto_archive_interval = interval(
+        "autoArchiveInterval",
+        body.auto_archive_interval,
+        DEFAULT_AUTO_ARCHIVE_MINUTES,
+        0,
+    )?;
+    let auto_delete_interval = interval(
+        "autoDeleteInterval",
+        body.auto_delete_interval,
+        DEFAULT_AUTO_DELETE_MINUTES,
+        -1,
+    )?;
     let auto_pause_interval = interval("autoPauseInterval", body.auto_pause_interval, 0, 0)?;
 
     let now = daytona_wire::now_rfc3339();
@@ -232,7 +276,10 @@ pub async fn create(
             pids: limits.pids,
         },
     };
-    if let Err(error) = state.runner.create(params).await {
+    let runtime_started = Instant::now();
+    let created = state.runner.create(params).await;
+    let runtime_elapsed = runtime_started.elapsed();
+    if let Err(error) = created {
         state.store.delete_sandbox(&id).await?;
         return Err(ApiError::internal(
             format!("failed to create the sandbox: {error}"),
@@ -242,10 +289,23 @@ pub async fn create(
 
     record.state = SandboxState::Started;
     record.updated_at = daytona_wire::now_rfc3339();
-    state.store.set_sandbox_state(&id, SandboxState::Started, None).await?;
+    state
+        .store
+        .set_sandbox_state(&id, SandboxState::Started, None)
+        .await?;
     add_route(&state, &record)?;
     tracing::info!(sandbox_id = %id, organization_id = %caller.organization_id, "sandbox created");
-    Ok(Json(dto::sandbox(&state, &record)))
+    let mut response = Json(dto::sandbox(&state, &record)).into_response();
+    // Lets clients and benchmarks see the server-side time apart from the network's.
+    let timing = format!(
+        "runtime;dur={:.3}, total;dur={:.3}",
+        runtime_elapsed.as_secs_f64() * 1000.0,
+        received.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
 }
 
 fn add_route(state: &AppState, record: &SandboxRecord) -> Result<(), ApiError> {
@@ -264,7 +324,11 @@ fn add_route(state: &AppState, record: &SandboxRecord) -> Result<(), ApiError> {
 }
 
 /// Loads a sandbox of the caller's organization by id or name, or answers 404.
-pub async fn find(state: &AppState, caller: &Caller, id_or_name: &str) -> Result<SandboxRecord, ApiError> {
+pub async fn find(
+    state: &AppState,
+    caller: &Caller,
+    id_or_name: &str,
+) -> Result<SandboxRecord, ApiError> {
     state
         .store
         .sandbox_by_id_or_name(&caller.organization_id, id_or_name)
@@ -308,7 +372,10 @@ pub async fn delete(
         .set_sandbox_state(&record.id, SandboxState::Destroying, None)
         .await?;
     if let Err(error) = state.runner.destroy(&record.id).await {
-        return Err(ApiError::internal(format!("failed to destroy the sandbox: {error}"), error));
+        return Err(ApiError::internal(
+            format!("failed to destroy the sandbox: {error}"),
+            error,
+        ));
     }
     state.store.delete_sandbox(&record.id).await?;
     tracing::info!(sandbox_id = %record.id, "sandbox destroyed");
@@ -334,13 +401,25 @@ pub async fn start(
             )));
         }
     }
-    state.store.set_sandbox_state(&record.id, SandboxState::Starting, None).await?;
+    state
+        .store
+        .set_sandbox_state(&record.id, SandboxState::Starting, None)
+        .await?;
     if let Err(error) = state.runner.start(&record.id).await {
         let reason = format!("failed to start: {error}");
-        state.store.set_sandbox_state(&record.id, SandboxState::Error, Some(&reason)).await?;
-        return Err(ApiError::internal(format!("failed to start the sandbox: {error}"), error));
+        state
+            .store
+            .set_sandbox_state(&record.id, SandboxState::Error, Some(&reason))
+            .await?;
+        return Err(ApiError::internal(
+            format!("failed to start the sandbox: {error}"),
+            error,
+        ));
     }
-    state.store.set_sandbox_state(&record.id, SandboxState::Started, None).await?;
+    state
+        .store
+        .set_sandbox_state(&record.id, SandboxState::Started, None)
+        .await?;
     record.state = SandboxState::Started;
     record.error_reason = None;
     record.desired_state = Some("started".to_owned());
@@ -365,13 +444,25 @@ pub async fn stop(
         }
     }
     state.remove_route(&record.id);
-    state.store.set_sandbox_state(&record.id, SandboxState::Stopping, None).await?;
+    state
+        .store
+        .set_sandbox_state(&record.id, SandboxState::Stopping, None)
+        .await?;
     if let Err(error) = state.runner.stop(&record.id).await {
         let reason = format!("failed to stop: {error}");
-        state.store.set_sandbox_state(&record.id, SandboxState::Error, Some(&reason)).await?;
-        return Err(ApiError::internal(format!("failed to stop the sandbox: {error}"), error));
+        state
+            .store
+            .set_sandbox_state(&record.id, SandboxState::Error, Some(&reason))
+            .await?;
+        return Err(ApiError::internal(
+            format!("failed to stop the sandbox: {error}"),
+            error,
+        ));
     }
-    state.store.set_sandbox_state(&record.id, SandboxState::Stopped, None).await?;
+    state
+        .store
+        .set_sandbox_state(&record.id, SandboxState::Stopped, None)
+        .await?;
     record.state = SandboxState::Stopped;
     record.error_reason = None;
     record.desired_state = Some("stopped".to_owned());
@@ -415,7 +506,11 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
                     .parse()
                     .ok()
                     .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::bad_request(format!("invalid limit {value:?}: use 1 to {MAX_PAGE}")))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "invalid limit {value:?}: use 1 to {MAX_PAGE}"
+                        ))
+                    })?;
             }
             "id" => query.filter.id = Some(value.into_owned()),
             "name" => query.filter.name = Some(value.into_owned()),
@@ -450,7 +545,11 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
                 query.descending = match value.as_ref() {
                     "desc" => true,
                     "asc" => false,
-                    other => return Err(ApiError::bad_request(format!("invalid order {other:?}: use asc or desc"))),
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid order {other:?}: use asc or desc"
+                        )));
+                    }
                 }
             }
             _ => {}
@@ -477,7 +576,9 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid cursor: pass back the nextCursor of a previous page"))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid cursor: pass back the nextCursor of a previous page")
+        })
 }
 
 /// `GET /sandbox`: a page of the organization's sandboxes with a cursor to the next.
@@ -508,7 +609,13 @@ pub async fn list(
     }
     if let Some(cursor) = &query.cursor {
         let after = decode_cursor(cursor)?;
-        keyed.retain(|(key, _)| if query.descending { *key < after } else { *key > after });
+        keyed.retain(|(key, _)| {
+            if query.descending {
+                *key < after
+            } else {
+                *key > after
+            }
+        });
     }
     let has_more = keyed.len() > query.limit;
     keyed.truncate(query.limit);
@@ -517,6 +624,9 @@ pub async fn list(
     } else {
         None
     };
-    let items = keyed.iter().map(|(_, record)| dto::sandbox(&state, record)).collect();
+    let items = keyed
+        .iter()
+        .map(|(_, record)| dto::sandbox(&state, record))
+        .collect();
     Ok(Json(ListSandboxes { items, next_cursor }))
 }

@@ -25,7 +25,9 @@ pub async fn list(
     let page = query.page.unwrap_or(1);
     let limit = query.limit.unwrap_or(100);
     if page < 1 || !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("invalid page or limit: page starts at 1, limit is 1 to 200"));
+        return Err(ApiError::bad_request(
+            "invalid page or limit: page starts at 1, limit is 1 to 200",
+        ));
     }
     let all = state.store.list_snapshots(&caller.organization_id).await?;
     let total = all.len() as i64;

@@ -48,7 +48,9 @@ pub async fn forward(
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SERVICE_UNAVAILABLE",
-                format!("the toolbox of sandbox {sandbox_id} is not reachable; the sandbox may have stopped"),
+                format!(
+                    "the toolbox of sandbox {sandbox_id} is not reachable; the sandbox may have stopped"
+                ),
             ))
         }
         Err(error) => Err(ApiError::new(
@@ -66,10 +68,12 @@ async fn not_routable(state: &AppState, caller: &Caller, sandbox_id: &str) -> Ap
         .sandbox_by_id_or_name(&caller.organization_id, sandbox_id)
         .await
     {
-        Ok(Some(record)) if record.state != SandboxState::Started => ApiError::bad_request(format!(
-            "sandbox {sandbox_id} is {}; start it to use its toolbox",
-            record.state
-        )),
+        Ok(Some(record)) if record.state != SandboxState::Started => {
+            ApiError::bad_request(format!(
+                "sandbox {sandbox_id} is {}; start it to use its toolbox",
+                record.state
+            ))
+        }
         Ok(Some(_)) => ApiError::unavailable(format!(
             "sandbox {sandbox_id} is starting; retry in a moment"
         )),

@@ -104,7 +104,10 @@ impl Store {
     }
 
     /// Returns the unrevoked key with this hash.
-    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    pub async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, organization_id, name, key_prefix, is_admin, created_at, last_used_at, revoked_at
              FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",

@@ -202,14 +202,16 @@ impl Store {
         state: SandboxState,
         error_reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sandboxes SET state = $2, error_reason = $3, updated_at = $4 WHERE id = $1")
-            .bind(id)
-            .bind(state.as_str())
-            .bind(error_reason)
-            .bind(daytona_wire::now_rfc3339())
-            .execute(self.pool())
-            .await
-            .map_err(query_error("update sandbox state"))?;
+        sqlx::query(
+            "UPDATE sandboxes SET state = $2, error_reason = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(error_reason)
+        .bind(daytona_wire::now_rfc3339())
+        .execute(self.pool())
+        .await
+        .map_err(query_error("update sandbox state"))?;
         Ok(())
     }
 

@@ -137,7 +137,9 @@ impl Store {
                 .await
                 .map_err(query_error("insert snapshot"))?;
         }
-        tx.commit().await.map_err(query_error("commit snapshot upsert"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("commit snapshot upsert"))?;
         Ok(())
     }
 
