@@ -17,7 +17,7 @@ require_root() {
 }
 
 # Debian packages the platform needs at run time and to build.
-runtime_packages=(mmdebstrap ca-certificates gcc libc6-dev pkg-config git curl python3 python3-venv)
+runtime_packages=(mmdebstrap ca-certificates gcc libc6-dev binutils pkg-config git curl python3 python3-venv)
 
 install_packages() {
     local wanted=("$@") missing=()
@@ -49,7 +49,8 @@ build() {
     log "building the static daytona-daemon (release)"
     RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release --locked -p daytona-daemon --target "$target_triple"
-    if ldd "$daemon_bin" >/dev/null 2>&1; then
+    # A static binary has no program interpreter (no INTERP program header).
+    if readelf --program-headers "$daemon_bin" | grep -q INTERP; then
         echo "error: $daemon_bin is dynamically linked; it must be static to run inside any image" >&2
         exit 1
     fi

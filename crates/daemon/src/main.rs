@@ -5,12 +5,15 @@
 //! - `init`: PID 1 inside the sandbox; reaps orphans and supervises the toolbox server.
 //! - `toolbox`: the toolbox API server.
 
+mod init;
+mod toolbox;
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
         "setup" => daytona_isolation::setup::main(),
-        "init" => unimplemented!("init"),
-        "toolbox" => unimplemented!("toolbox"),
+        "init" => init::main(),
+        "toolbox" => toolbox::main(),
         _ => {
             eprintln!("usage: daytona-daemon setup|init|toolbox");
             std::process::exit(2);

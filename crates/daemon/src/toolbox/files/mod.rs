@@ -1,0 +1,135 @@
+//! `/files/*`: listing, inspecting, creating, deleting, uploading and downloading files.
+//!
+//! Relative paths are relative to the work directory. Files and directories the daemon creates
+//! belong to the sandbox user.
+
+mod download;
+mod info;
+mod manage;
+mod upload;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use super::error::ApiError;
+use super::state::Toolbox;
+
+pub fn routes() -> Router<Arc<Toolbox>> {
+    Router::new()
+        .route("/files", get(info::list).delete(manage::delete))
+        .route("/files/info", get(info::info))
+        .route("/files/folder", post(manage::create_folder))
+        .route("/files/upload", post(upload::upload))
+        .route("/files/bulk-upload", post(upload::bulk_upload))
+        .route("/files/download", get(download::download))
+        .route("/files/bulk-download", post(download::bulk_download))
+}
+
+/// Resolves the `path` query parameter of a file route.
+fn required_path(toolbox: &Toolbox, path: Option<&str>) -> Result<PathBuf, ApiError> {
+    match path {
+        None | Some("") => Err(invalid_path("missing query parameter path")),
+        Some(path) => checked_path(toolbox, path),
+    }
+}
+
+/// Resolves a path from a request: relative paths are relative to the work directory.
+fn checked_path(toolbox: &Toolbox, path: &str) -> Result<PathBuf, ApiError> {
+    if path.contains('\0') {
+        return Err(invalid_path(format!(
+            "invalid path {path:?}: it contains a NUL byte"
+        )));
+    }
+    Ok(toolbox.resolve(path))
+}
+
+fn invalid_path(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_FILE_PATH", message)
+}
+
+/// Operation of a file route whose file system call failed. It sets the verb of the message
+/// and the code of a server-side failure.
+#[derive(Debug, Clone, Copy)]
+enum FileAction {
+    Read,
+    List,
+    Write,
+    CreateDirectory,
+    Delete,
+}
+
+impl FileAction {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::List => "list",
+            Self::Write => "write",
+            Self::CreateDirectory => "create directory",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// Maps a failed file system call to Daytona's file error codes.
+fn file_error(action: FileAction, path: &Path, error: io::Error) -> ApiError {
+    use io::ErrorKind;
+
+    let path = path.display();
+    if error.raw_os_error() == Some(libc::ELOOP) {
+        return invalid_path(format!("cannot {} {path}: {error}", action.verb()));
+    }
+    match error.kind() {
+        ErrorKind::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "FILE_NOT_FOUND",
+            format!("file not found: {path}"),
+        ),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FILE_ACCESS_DENIED",
+            format!(
+                "permission denied: cannot {} {path}: {error}",
+                action.verb()
+            ),
+        ),
+        ErrorKind::NotADirectory
+        | ErrorKind::IsADirectory
+        | ErrorKind::DirectoryNotEmpty
+        | ErrorKind::AlreadyExists
+        | ErrorKind::InvalidInput
+        | ErrorKind::InvalidFilename => {
+            invalid_path(format!("cannot {} {path}: {error}", action.verb()))
+        }
+        _ => {
+            let message = format!("failed to {} {path}: {error}", action.verb());
+            match action {
+                FileAction::Read | FileAction::List => {
+                    ApiError::internal(message, &error).with_code("FILE_READ_FAILED")
+                }
+                _ => ApiError::internal(message, &error),
+            }
+        }
+    }
+}
+
+/// Runs blocking file system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ApiError::internal("a file operation failed unexpectedly", &error))?
+}
+
+/// Changes the owner of a path the daemon created, when the daemon can.
+fn set_owner(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        None => Ok(()),
+    }
+}

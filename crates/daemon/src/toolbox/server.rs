@@ -1,0 +1,77 @@
+//! The HTTP server: routes, middleware and shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::error::{error_body, route_not_found};
+use super::state::Toolbox;
+use super::{files, info, process};
+
+/// Largest JSON request body, in bytes. Commands and code travel in JSON bodies and may be
+/// far longer than ARG_MAX. Uploads are multipart and streamed, so this limit does not apply
+/// to them.
+const JSON_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// How long requests in progress may continue after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Builds the router of every toolbox route.
+pub fn router(toolbox: Arc<Toolbox>) -> Router {
+    Router::new()
+        .merge(info::routes())
+        .merge(process::routes())
+        .merge(files::routes())
+        .fallback(route_not_found)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error_body))
+        .with_state(toolbox)
+}
+
+/// Serves the toolbox API on `listener` until SIGTERM or SIGINT.
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    toolbox: Arc<Toolbox>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        let _ = stop_sender.send(true);
+    });
+
+    let mut graceful_stop = stop_receiver.clone();
+    let server = axum::serve(listener, router(toolbox)).with_graceful_shutdown(async move {
+        let _ = graceful_stop.wait_for(|stop| *stop).await;
+        tracing::info!("shutdown signal received: no longer accepting connections");
+    });
+
+    // Graceful shutdown waits for every open connection; a long command or an idle keep-alive
+    // connection must not hold the exit for long.
+    let mut forced_stop = stop_receiver;
+    tokio::select! {
+        result = server.into_future() => result?,
+        _ = async {
+            let _ = forced_stop.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::info!("requests still running after the shutdown grace period: stopping"),
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("failed to install signal handlers: stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}
