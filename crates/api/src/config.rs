@@ -20,6 +20,8 @@ pub struct ServerConfig {
     /// Value of `DAYTONA_ADMIN_API_KEY`, which seeds the admin key when set.
     pub admin_api_key: Option<String>,
     pub limits: SandboxLimits,
+    /// How many started sandboxes of the default snapshot wait for the next creates.
+    pub warm_pool_size: usize,
 }
 
 /// Defaults and maxima of sandbox resources, per sandbox.
@@ -56,6 +58,9 @@ impl Default for SandboxLimits {
 
 /// Region name reported as every sandbox's `target`.
 pub const TARGET: &str = "local";
+
+/// User that sandbox commands run as unless the create names another.
+pub const DEFAULT_USER: &str = "daytona";
 
 /// Name of the organization that the admin key belongs to.
 pub const DEFAULT_ORGANIZATION: &str = "default";

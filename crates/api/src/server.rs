@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use daytona_images::ImageStore;
-use daytona_runner::{Runner, RunnerConfig, SandboxRuntimeState};
+use daytona_runner::{Limits, PoolTemplate, Runner, RunnerConfig, SandboxRuntimeState};
 use daytona_wire::api::{SandboxState, SnapshotState};
 
 use crate::auth;
-use crate::config::{DEFAULT_ORGANIZATION, ServerConfig};
+use crate::config::{DEFAULT_ORGANIZATION, DEFAULT_USER, ServerConfig};
 use crate::routes;
 use crate::state::{AppState, Shared, ToolboxRoute};
 use crate::store::{ApiKeyRecord, SnapshotRecord, Store};
@@ -45,6 +45,7 @@ pub async fn run(
         Runner::open(RunnerConfig {
             sandboxes_dir,
             daemon_binary: config.daemon_binary.clone(),
+            warm_pool_size: config.warm_pool_size,
         })
         .await?,
     );
@@ -58,10 +59,11 @@ pub async fn run(
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
     tracing::info!(address = %listen, "API server listening");
-    axum::serve(listener, routes::router(state))
+    axum::serve(listener, routes::router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await
         .context("the HTTP server failed")?;
+    state.runner.drain_pool().await;
     tracing::info!("API server stopped; running sandboxes keep running");
     Ok(())
 }
@@ -257,6 +259,17 @@ async fn prepare_default_snapshot(state: AppState, images: Arc<ImageStore>) {
         .write()
         .expect("images lock")
         .insert(name.to_owned(), image.layers.clone());
+    let limits = &state.config.limits;
+    state.runner.configure_pool(PoolTemplate {
+        layers: image.layers.clone(),
+        user: DEFAULT_USER.to_owned(),
+        limits: Limits {
+            cpus: limits.default_cpu as u32,
+            memory_gib: limits.default_memory as u32,
+            disk_gib: limits.default_disk as u32,
+            pids: limits.pids,
+        },
+    });
     state.set_ready();
     tracing::info!(snapshot = name, digest = %image.manifest_digest, "default snapshot ready; accepting sandbox creates");
 }

@@ -48,6 +48,7 @@ async fn harness() -> Harness {
     let runner = Runner::open(RunnerConfig {
         sandboxes_dir: dir.path().join("sandboxes"),
         daemon_binary: "/bin/true".into(),
+        warm_pool_size: 0,
     })
     .await
     .unwrap();
@@ -59,6 +60,7 @@ async fn harness() -> Harness {
         daemon_binary: "/bin/true".into(),
         admin_api_key: None,
         limits: SandboxLimits::default(),
+        warm_pool_size: 0,
     };
     let state: AppState = Arc::new(Shared::new(config, store, Arc::new(runner)));
     let now = daytona_wire::now_rfc3339();

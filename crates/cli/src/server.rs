@@ -33,6 +33,11 @@ pub struct ServerArgs {
     /// Path of the static daytona-daemon binary [default: next to this executable]
     #[arg(long, env = "DAYTONA_DAEMON_BINARY")]
     daemon_binary: Option<PathBuf>,
+
+    /// Started sandboxes of the default snapshot kept waiting for creates, so that a create
+    /// takes one instead of starting a sandbox (0 disables the warm pool).
+    #[arg(long, env = "DAYTONA_WARM_POOL_SIZE", default_value_t = 2)]
+    warm_pool_size: usize,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -150,6 +155,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|k| !k.is_empty()),
         limits: SandboxLimits::default(),
+        warm_pool_size: args.warm_pool_size,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

@@ -4,8 +4,9 @@
 //! toolbox server can crash and restart without taking the sandbox's processes with it.
 //!
 //! - It starts `/usr/local/bin/daytona-daemon toolbox` with the listening toolbox socket on
-//!   fd 3 and the daemon configuration in the environment, and restarts it with a growing
-//!   backoff when it exits.
+//!   fd 3 and the daemon configuration on fd 4, and restarts it with a growing backoff when it
+//!   exits. The configuration arrives in the environment; PID 1 moves it into a memory file
+//!   that the toolbox server updates, so its changes survive the server's restart.
 //! - It reaps every child with `waitpid(-1)`: the toolbox server and orphans that the kernel
 //!   reparents to PID 1. Processes that the toolbox server started are its children, so their
 //!   exit status stays with it as long as it runs.
@@ -21,20 +22,26 @@
 //! confined like a workload, in place of the toolbox server, and shuts the sandbox down with
 //! the command's exit code when it exits.
 
-use std::os::fd::RawFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daytona_isolation::spec::DAEMON_PATH_IN_SANDBOX;
 use daytona_isolation::workload::Confinement;
+use daytona_wire::daemon::{CONFIG_ENV, CONFIG_FD_ENV};
 use nix::errno::Errno;
+use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 /// The toolbox socket, inherited from the setup stage.
 const TOOLBOX_FD: RawFd = 3;
+
+/// Where the toolbox server finds the memory file that holds its configuration.
+const CONFIG_FD: RawFd = 4;
 
 /// First delay before restarting a toolbox server that exited.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -87,6 +94,8 @@ enum Supervised {
 
 struct Init {
     supervised: Supervised,
+    /// The daemon configuration as a memory file, which outlives each toolbox server.
+    config: Option<OwnedFd>,
     signals: SigSet,
     /// Pid of the running toolbox server or test command.
     child: Option<Pid>,
@@ -103,6 +112,7 @@ impl Init {
         signals.add(Signal::SIGTERM);
         Self {
             supervised,
+            config: None,
             signals,
             child: None,
             started_at: Instant::now(),
@@ -119,6 +129,15 @@ impl Init {
         if let Err(errno) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&self.signals), None) {
             tracing::error!(%errno, "failed to block SIGCHLD and SIGTERM");
             return 1;
+        }
+        if matches!(self.supervised, Supervised::Toolbox) {
+            match config_memfd() {
+                Ok(config) => self.config = config,
+                Err(err) => {
+                    tracing::error!(error = %err, "failed to keep the daemon configuration");
+                    return 1;
+                }
+            }
         }
         if let Err(err) = self.start_child() {
             tracing::error!(error = %err, "failed to start the sandbox's first process");
@@ -167,11 +186,24 @@ impl Init {
 
         // The child inherits the signal mask, and std's spawn does not reset it.
         let signals = self.signals;
-        // SAFETY: the closure only makes system calls (sigprocmask, and `apply`, which is
-        // written for this place), as required between fork and exec.
+        let config_fd = self.config.as_ref().map(|fd| fd.as_raw_fd());
+        if config_fd.is_some() {
+            command.env(CONFIG_FD_ENV, CONFIG_FD.to_string());
+        }
+        // SAFETY: the closure only makes system calls (sigprocmask, dup2 or fcntl, and `apply`,
+        // which is written for this place), as required between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&signals), None)?;
+                // dup2 onto itself keeps close-on-exec set, so that case clears the flag.
+                let moved = match config_fd {
+                    Some(fd) if fd == CONFIG_FD => libc::fcntl(fd, libc::F_SETFD, 0),
+                    Some(fd) => libc::dup2(fd, CONFIG_FD),
+                    None => 0,
+                };
+                if moved < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 match &confinement {
                     Some(confinement) => confinement.apply(),
                     None => Ok(()),
@@ -238,6 +270,20 @@ impl Init {
 /// Builds the test command, which runs confined like a workload (root in the sandbox with Docker's
 /// capabilities, seccomp profile and a Landlock domain), with a plain environment and
 /// without the toolbox socket.
+/// Moves the daemon configuration from the environment into a memory file, which PID 1 keeps
+/// and hands to every toolbox server it starts. `None` when the environment has none.
+fn config_memfd() -> std::io::Result<Option<OwnedFd>> {
+    let Some(config) = std::env::var_os(CONFIG_ENV) else {
+        return Ok(None);
+    };
+    // SAFETY: PID 1 is single-threaded, so no other thread reads the environment.
+    unsafe { std::env::remove_var(CONFIG_ENV) };
+    let fd = memfd_create(c"daytona-daemon-config", MFdFlags::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(config.as_encoded_bytes())?;
+    Ok(Some(file.into()))
+}
+
 fn test_command(argv: &[String]) -> Command {
     // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
     unsafe { libc::fcntl(TOOLBOX_FD, libc::F_SETFD, libc::FD_CLOEXEC) };

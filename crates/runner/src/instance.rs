@@ -42,6 +42,9 @@ pub struct InstanceRecord {
     pub limits: Limits,
     /// PID 1 of the sandbox while it runs.
     pub process: Option<SandboxProcess>,
+    /// Whether the sandbox waits in the warm pool, not yet handed to anyone.
+    #[serde(default)]
+    pub pooled: bool,
 }
 
 /// Whether a sandbox's processes run.

@@ -6,10 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+mod daemon_client;
 mod instance;
 mod runner;
 mod runtime;
 mod slots;
 
 pub use instance::{Limits, SandboxRuntimeState};
-pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError};
+pub use runner::{CreateParams, PoolTemplate, Runner, RunnerConfig, RunnerError};

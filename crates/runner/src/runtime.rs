@@ -73,6 +73,7 @@ impl Runtime {
                 env: record.env.clone(),
                 output_limit: DEFAULT_OUTPUT_LIMIT,
                 confine_workloads: true,
+                workload_env: None,
             },
             init_command: None,
         }
@@ -97,6 +98,13 @@ impl Runtime {
                 Err(error.into())
             }
         }
+    }
+
+    /// Changes the limits of a running sandbox.
+    pub fn set_limits(&self, sandbox_id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let cgroup = self.cgroups.sandbox(sandbox_id)?;
+        cgroup.set_limits(&cgroup_limits(limits))?;
+        Ok(())
     }
 
     pub fn is_running(&self, process: &SandboxProcess) -> bool {

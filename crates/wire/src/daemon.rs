@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 /// environment of everything else.
 pub const CONFIG_ENV: &str = "DAYTONA_DAEMON_CONFIG";
 
+/// Environment variable that names the descriptor from which the toolbox server reads
+/// [`DaemonConfig`]: a memory file that PID 1 creates from [`CONFIG_ENV`] and keeps, so that
+/// changes the toolbox server writes back (such as `POST /env`) survive its restart.
+pub const CONFIG_FD_ENV: &str = "DAYTONA_DAEMON_CONFIG_FD";
+
 /// Default cap on the `result` of one exec or code run: 16 MiB.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
 
@@ -32,6 +37,10 @@ pub struct DaemonConfig {
     /// set). Off only when the daemon runs outside a sandbox, in its own tests.
     #[serde(default = "default_true")]
     pub confine_workloads: bool,
+    /// The complete environment of workloads once `POST /env` changed it; it then replaces the
+    /// environment built from the defaults and `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_env: Option<BTreeMap<String, String>>,
 }
 
 fn default_output_limit() -> usize {

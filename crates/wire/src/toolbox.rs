@@ -173,3 +173,19 @@ mod tests {
         );
     }
 }
+
+/// Body of `POST /env`: changes the environment of every process started afterwards.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateEnvRequest {
+    /// Variables to set, applied last.
+    #[serde(default)]
+    pub set: Option<BTreeMap<String, String>>,
+    /// Variables to remove, before `set` is applied.
+    #[serde(default)]
+    pub unset: Option<Vec<String>>,
+    /// Removes every variable whose value starts with this prefix and whose name `set` does
+    /// not name, before `set` is applied.
+    #[serde(default)]
+    pub unset_value_prefix: Option<String>,
+}

@@ -96,7 +96,9 @@ fn has_type(value: &Value, kind: &str) -> bool {
 fn sandbox_required_fields_typed() {
     let json = serde_json::to_value(sandbox()).unwrap();
     for (field, kind) in SANDBOX_REQUIRED {
-        let value = object(&json).get(field).unwrap_or_else(|| panic!("{field} missing"));
+        let value = object(&json)
+            .get(field)
+            .unwrap_or_else(|| panic!("{field} missing"));
         assert!(has_type(value, kind), "{field} is {value}, not {kind}");
     }
 }
@@ -105,15 +107,26 @@ fn sandbox_required_fields_typed() {
 fn sandbox_state_is_snake_case() {
     let json = serde_json::to_value(sandbox()).unwrap();
     assert_eq!(json["state"], "started");
-    assert_eq!(serde_json::to_value(SandboxState::BuildFailed).unwrap(), "build_failed");
-    assert_eq!(SandboxState::parse("pending_build"), Some(SandboxState::PendingBuild));
+    assert_eq!(
+        serde_json::to_value(SandboxState::BuildFailed).unwrap(),
+        "build_failed"
+    );
+    assert_eq!(
+        SandboxState::parse("pending_build"),
+        Some(SandboxState::PendingBuild)
+    );
     assert_eq!(SandboxState::parse("nope"), None);
 }
 
 #[test]
 fn sandbox_nullable_fields_are_present() {
     let json = serde_json::to_value(sandbox()).unwrap();
-    for field in ["errorReason", "networkAllowList", "buildInfo", "lastActivityAt"] {
+    for field in [
+        "errorReason",
+        "networkAllowList",
+        "buildInfo",
+        "lastActivityAt",
+    ] {
         assert_eq!(object(&json).get(field), Some(&Value::Null), "{field}");
     }
 }
@@ -160,7 +173,13 @@ fn snapshot_uses_mem_and_required_nullables() {
     assert_eq!(json["mem"], 1);
     assert!(object(&json).get("memory").is_none());
     // Required but nullable in the published client: present as null.
-    for field in ["errorReason", "lastUsedAt", "sourceSandboxId", "size", "entrypoint"] {
+    for field in [
+        "errorReason",
+        "lastUsedAt",
+        "sourceSandboxId",
+        "size",
+        "entrypoint",
+    ] {
         assert_eq!(object(&json).get(field), Some(&Value::Null), "{field}");
     }
     assert_eq!(json["state"], "active");

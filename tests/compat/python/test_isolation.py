@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 from daytona import DaytonaNotFoundError
+from host import sandbox_cgroup_file
 
 
 @pytest.fixture
@@ -56,17 +57,6 @@ def test_network_has_loopback_only(sandbox):
 def test_namespace_creation_refused(sandbox):
     assert sandbox.process.exec("sudo unshare -U true").exit_code != 0
     assert sandbox.process.exec("sudo unshare -n true").exit_code != 0
-
-
-def sandbox_cgroup_file(sandbox_id: str, controller: str, name: str) -> str:
-    """Host path of a control file of the sandbox's cgroup (the server runs in this process's
-    cgroup, and puts sandboxes below it)."""
-    with open("/proc/self/cgroup") as own:
-        for line in own:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if controller in controllers.split(","):
-                return f"/sys/fs/cgroup/{controller}{path.rstrip('/')}/daytona-sandboxes/{sandbox_id}/{name}"
-    return f"/sys/fs/cgroup{path.rstrip('/')}/daytona-sandboxes/{sandbox_id}/{name}"
 
 
 def test_seccomp_and_limits(sandbox):

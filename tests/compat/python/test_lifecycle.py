@@ -1,10 +1,14 @@
 """Sandbox lifecycle through the official SDK: create, get, list, stop, start, delete."""
 
+import os
+import signal
 import time
 import uuid
 
+
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, DaytonaNotFoundError
+from host import sandbox_cgroup_file, sandbox_pid1
 
 
 def test_create_answers_started(daytona, server):
@@ -91,3 +95,47 @@ def test_stop_keeps_files_and_start_brings_them_back(daytona):
 def test_home_and_work_dir(sandbox):
     assert sandbox.get_user_home_dir() == "/home/daytona"
     assert sandbox.get_work_dir() == "/home/daytona"
+
+
+def test_env_survives_toolbox_restart(daytona, server):
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(env_vars={"KEEP_ME": "yes"}))
+    try:
+        pid1 = sandbox_pid1(server, sandbox.id)
+        with open(f"/proc/{pid1}/task/{pid1}/children") as children:
+            for pid in children.read().split():
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if b"toolbox" in cmdline.read():
+                        os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                result = sandbox.process.exec('echo "[$KEEP_ME]"')
+                break
+            except Exception:  # noqa: BLE001 - the toolbox is restarting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert result.result.strip() == "[yes]"
+    finally:
+        daytona.delete(sandbox)
+
+
+def test_create_as_root_user(daytona):
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(os_user="root"))
+    try:
+        assert sandbox.user == "root"
+        assert sandbox.process.exec("id -u").result.strip() == "0"
+        assert sandbox.get_user_home_dir() == "/root"
+    finally:
+        daytona.delete(sandbox)
+
+
+def test_create_with_more_resources(daytona, server):
+    status, body = server.request("POST", "/sandbox", body={"cpu": 2, "memory": 2})
+    assert status == 200, body
+    try:
+        assert body["cpu"] == 2 and body["memory"] == 2
+        with open(sandbox_cgroup_file(body["id"], "memory", "memory.limit_in_bytes")) as limit:
+            assert int(limit.read()) == 2 << 30
+    finally:
+        server.request("DELETE", f"/sandbox/{body['id']}")

@@ -8,6 +8,7 @@ import pytest
 from daytona import Daytona, DaytonaConfig
 
 from daytona_server import Server
+from host import sandbox_pid1
 
 
 @pytest.fixture
@@ -21,13 +22,6 @@ def own_server():
 
 def client(server) -> Daytona:
     return Daytona(DaytonaConfig(api_key=server.api_key, api_url=server.api_url))
-
-
-def sandbox_pid1(server, sandbox_id: str) -> int:
-    import json
-
-    with open(os.path.join(server.data_dir, "sandboxes", sandbox_id, "sandbox.json")) as record:
-        return json.load(record)["process"]["pid"]
 
 
 def crash_and_restart(server):

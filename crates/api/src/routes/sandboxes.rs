@@ -16,7 +16,8 @@ use daytona_wire::api::{
 
 use crate::auth::Caller;
 use crate::config::{
-    DEFAULT_AUTO_ARCHIVE_MINUTES, DEFAULT_AUTO_DELETE_MINUTES, DEFAULT_AUTO_STOP_MINUTES, TARGET,
+    DEFAULT_AUTO_ARCHIVE_MINUTES, DEFAULT_AUTO_DELETE_MINUTES, DEFAULT_AUTO_STOP_MINUTES,
+    DEFAULT_USER, TARGET,
 };
 use crate::dto;
 use crate::error::ApiError;
@@ -146,10 +147,10 @@ pub async fn create(
         return Err(ApiError::bad_request("KVM is not available on this server"));
     }
 
-    let id = uuid::Uuid::new_v4().to_string();
-    let name = body.name.clone().unwrap_or_else(|| id.clone());
-    validate_name(&name)?;
-    let user = body.user.clone().unwrap_or_else(|| "daytona".to_owned());
+    if let Some(name) = &body.name {
+        validate_name(name)?;
+    }
+    let user = body.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
     validate_user(&user)?;
     let env = body.env.clone().unwrap_or_default();
     validate_env(&env)?;
@@ -230,6 +231,20 @@ pub async fn create(
     )?;
     let auto_pause_interval = interval("autoPauseInterval", body.auto_pause_interval, 0, 0)?;
 
+    let sandbox_limits = Limits {
+        cpus: cpu as u32,
+        memory_gib: memory as u32,
+        disk_gib: disk as u32,
+        pids: limits.pids,
+    };
+
+    // A sandbox from the warm pool is already started; its id becomes the sandbox's.
+    let claimed = state.runner.claim(&layers, &user);
+    let id = claimed
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let name = body.name.clone().unwrap_or_else(|| id.clone());
+
     let now = daytona_wire::now_rfc3339();
     let mut record = SandboxRecord {
         id: id.clone(),
@@ -262,22 +277,27 @@ pub async fn create(
     };
     // The row comes first: it reserves the name, and a server that crashes mid-create finds
     // a `creating` row at start and cleans up after it.
-    state.store.insert_sandbox(&record).await?;
+    if let Err(error) = state.store.insert_sandbox(&record).await {
+        if let Some(id) = &claimed {
+            state.runner.return_to_pool(id);
+        }
+        return Err(error.into());
+    }
 
-    let params = CreateParams {
-        sandbox_id: id.clone(),
-        layers,
-        user,
-        env,
-        limits: Limits {
-            cpus: cpu as u32,
-            memory_gib: memory as u32,
-            disk_gib: disk as u32,
-            pids: limits.pids,
-        },
-    };
     let runtime_started = Instant::now();
-    let created = state.runner.create(params).await;
+    let created = match &claimed {
+        Some(id) => state.runner.finish_claim(id, &env, sandbox_limits).await,
+        None => {
+            let params = CreateParams {
+                sandbox_id: id.clone(),
+                layers,
+                user,
+                env,
+                limits: sandbox_limits,
+            };
+            state.runner.create(params).await
+        }
+    };
     let runtime_elapsed = runtime_started.elapsed();
     if let Err(error) = created {
         state.store.delete_sandbox(&id).await?;

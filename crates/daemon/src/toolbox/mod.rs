@@ -13,6 +13,8 @@
 //! which also restarts the server. State that later areas keep across requests (sessions,
 //! PTYs) has to survive such a restart too.
 
+mod config_store;
+mod env;
 mod error;
 mod files;
 mod info;
@@ -23,7 +25,7 @@ mod user;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -33,11 +35,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use daytona_isolation::workload::Confinement;
-use daytona_wire::daemon::{CONFIG_ENV, DEFAULT_OUTPUT_LIMIT, DaemonConfig};
+use daytona_wire::daemon::{CONFIG_ENV, CONFIG_FD_ENV, DEFAULT_OUTPUT_LIMIT, DaemonConfig};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::geteuid;
 
+use self::config_store::ConfigStore;
 use self::process::command::{Identity, Launcher};
 use self::state::Toolbox;
 use self::user::SandboxUser;
@@ -87,7 +90,7 @@ fn init_logging() {
 fn run(args: Args) -> anyhow::Result<()> {
     // 1. Read the configuration and remove it from the environment while the process still
     //    has a single thread, the only time that removing a variable is sound.
-    let config = load_config(&args)?;
+    let (config, config_store) = load_config(&args)?;
 
     // 2. Take the listening socket, and keep every descriptor the daemon inherited, the socket
     //    included, from reaching workloads: anything holding the socket could accept the
@@ -99,7 +102,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     close_inherited_on_exec();
 
     // 3. Resolve the user, the shell and the confinement once, for every request.
-    let toolbox = build_toolbox(config, &args)?;
+    let toolbox = build_toolbox(config, config_store, &args)?;
     tracing::info!(
         sandbox_id = %toolbox.sandbox_id,
         user = %toolbox.user.name,
@@ -121,12 +124,31 @@ fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
+fn load_config(args: &Args) -> anyhow::Result<(DaemonConfig, Option<ConfigStore>)> {
     let from_env = std::env::var_os(CONFIG_ENV);
+    let from_fd = std::env::var_os(CONFIG_FD_ENV);
     // SAFETY: no other thread exists yet: this runs before the async runtime starts, and
     // logging spawns no threads.
-    unsafe { std::env::remove_var(CONFIG_ENV) };
+    unsafe {
+        std::env::remove_var(CONFIG_ENV);
+        std::env::remove_var(CONFIG_FD_ENV);
+    }
 
+    if let Some(fd) = from_fd {
+        let fd: RawFd = fd
+            .to_str()
+            .and_then(|fd| fd.parse().ok())
+            .with_context(|| format!("{CONFIG_FD_ENV} is not a descriptor number"))?;
+        let (store, config) = ConfigStore::open(fd)?;
+        return Ok((config, Some(store)));
+    }
+    load_config_once(args, from_env).map(|config| (config, None))
+}
+
+fn load_config_once(
+    args: &Args,
+    from_env: Option<std::ffi::OsString>,
+) -> anyhow::Result<DaemonConfig> {
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read the configuration {}", path.display()))?;
@@ -147,6 +169,7 @@ fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
             env: BTreeMap::new(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
             confine_workloads: false,
+            workload_env: None,
         });
     }
     bail!("{CONFIG_ENV} is not set; pass --config FILE or --listen PATH to run outside a sandbox")
@@ -210,7 +233,11 @@ fn inherited_listener() -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-fn build_toolbox(config: DaemonConfig, args: &Args) -> anyhow::Result<Toolbox> {
+fn build_toolbox(
+    config: DaemonConfig,
+    config_store: Option<ConfigStore>,
+    args: &Args,
+) -> anyhow::Result<Toolbox> {
     let running_as_root = geteuid().is_root();
 
     // Only root can switch users. Anywhere else, workloads run as the daemon's own user.
@@ -246,17 +273,21 @@ fn build_toolbox(config: DaemonConfig, args: &Args) -> anyhow::Result<Toolbox> {
     if shell.is_none() {
         tracing::warn!("neither bash nor sh found: commands cannot run");
     }
-    let workload_env = state::workload_env(&user, &home, shell.as_deref(), &config.env);
+    let workload_env = match &config.workload_env {
+        Some(env) => env.clone(),
+        None => state::workload_env(&user, &home, shell.as_deref(), &config.env),
+    };
 
     Ok(Toolbox {
-        sandbox_id: config.sandbox_id,
+        sandbox_id: config.sandbox_id.clone(),
         file_owner: running_as_root.then_some((user.uid, user.gid)),
         user,
         work_dir: home.clone(),
         home,
         shell,
-        workload_env,
+        workload_env: std::sync::RwLock::new(workload_env),
         output_limit: config.output_limit,
         launcher: Launcher::new(identity, confinement),
+        config: std::sync::Mutex::new((config, config_store)),
     })
 }

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::error::{error_body, route_not_found};
 use super::state::Toolbox;
-use super::{files, info, process};
+use super::{env, files, info, process};
 
 /// Largest JSON request body, in bytes. Commands and code travel in JSON bodies and may be
 /// far longer than ARG_MAX. Uploads are multipart and streamed, so this limit does not apply
@@ -23,6 +23,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub fn router(toolbox: Arc<Toolbox>) -> Router {
     Router::new()
         .merge(info::routes())
+        .merge(env::routes())
         .merge(process::routes())
         .merge(files::routes())
         .fallback(route_not_found)

@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use daytona_wire::daemon::DaemonConfig;
 
 use axum::http::StatusCode;
 
+use super::config_store::ConfigStore;
 use super::error::ApiError;
 use super::process::command::Launcher;
 use super::user::SandboxUser;
@@ -30,11 +34,15 @@ pub struct Toolbox {
     pub work_dir: PathBuf,
     /// Shell that runs `/process/execute` commands; `None` when the image has none.
     pub shell: Option<PathBuf>,
-    /// Base environment of every workload, with the sandbox's create-time variables applied.
-    pub workload_env: BTreeMap<String, String>,
+    /// Base environment of every workload: the create-time variables, then the changes of
+    /// `POST /env`.
+    pub workload_env: RwLock<BTreeMap<String, String>>,
     /// Cap on the captured output of one command, in bytes.
     pub output_limit: usize,
     pub launcher: Launcher,
+    /// The configuration, and where it is kept across restarts of the toolbox server (absent
+    /// outside a sandbox).
+    pub config: Mutex<(DaemonConfig, Option<ConfigStore>)>,
     /// Owner given to files and directories the daemon creates. `None` when the daemon does not
     /// run as root, so it cannot change owners and new files keep the daemon's own uid.
     pub file_owner: Option<(u32, u32)>,
@@ -46,7 +54,7 @@ impl Toolbox {
         &self,
         request_env: Option<&BTreeMap<String, String>>,
     ) -> Result<BTreeMap<String, String>, ApiError> {
-        let mut env = self.workload_env.clone();
+        let mut env = self.workload_env.read().expect("workload env lock").clone();
         for (name, value) in request_env.into_iter().flatten() {
             check_env_var(name, value)?;
             env.insert(name.clone(), value.clone());
