@@ -36,7 +36,8 @@ def free_port() -> int:
 class Server:
     """A running `daytona server` and the credentials to reach it."""
 
-    def __init__(self):
+    def __init__(self, extra_args: list[str] | None = None):
+        self.extra_args = list(extra_args or [])
         self.binary = os.environ["DAYTONA_BIN"]
         self.daemon_binary = os.environ["DAYTONA_DAEMON_BIN"]
         self.image_cache = os.environ.get("DAYTONA_IMAGE_CACHE", "/var/cache/daytona/images")
@@ -58,6 +59,7 @@ class Server:
                 "--listen", f"127.0.0.1:{self.port}",
                 "--image-cache", self.image_cache,
                 "--daemon-binary", self.daemon_binary,
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -4,6 +4,8 @@
 //! - `setup`: the isolation runtime's setup stage, run on the host by the runner.
 //! - `init`: PID 1 inside the sandbox; reaps orphans and supervises the toolbox server.
 //! - `toolbox`: the toolbox API server.
+//! - `launcher`: the process that starts the toolbox server's workloads in the sandbox's one
+//!   Landlock domain; the toolbox server runs it.
 
 mod init;
 mod toolbox;
@@ -14,8 +16,15 @@ fn main() {
         "setup" => daytona_isolation::setup::main(),
         "init" => init::main(),
         "toolbox" => toolbox::main(),
+        "launcher" => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .init();
+            daytona_isolation::launcher::main()
+        }
         _ => {
-            eprintln!("usage: daytona-daemon setup|init|toolbox");
+            eprintln!("usage: daytona-daemon setup|init|toolbox|launcher");
             std::process::exit(2);
         }
     }

@@ -8,18 +8,22 @@
 //! 2. The setup stage (single-threaded, host root) joins the cgroups, binds the toolbox
 //!    socket, builds the user namespace and the overlay root with ID-mapped layers, creates the
 //!    other namespaces and forks the sandbox's PID 1. See [`setup`].
-//! 3. PID 1 mounts `/proc`, `/dev` and `/sys`, pivots into the root and executes
+//! 3. PID 1 mounts `/proc`, `/dev`, `/sys` and a read-only view of the sandbox's cgroups,
+//!    pivots into the root and executes
 //!    `/usr/local/bin/daytona-daemon init`, the bind-mounted daemon. `init` stays PID 1: it
 //!    reaps orphans and supervises the toolbox server (`daytona-daemon toolbox`).
 //!
-//! Workloads that the daemon starts get the confinement of [`workload`]: Docker's default
-//! seccomp profile and capability set, and a Landlock domain.
+//! The toolbox server starts workloads through one [`launcher`] process per sandbox, which
+//! gives them the confinement of [`workload`]: the sandbox's one Landlock domain, Docker's
+//! default seccomp profile and Docker's capability set.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cgroup;
+pub mod launcher;
 mod pid1;
 pub mod run_dir;
+pub mod sandbox_log;
 mod seccomp;
 pub mod setup;
 pub mod spawn;

@@ -25,6 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::sandbox_log;
 use crate::spec::{LOG_FILE, SandboxSpec};
 use crate::sys;
 
@@ -402,14 +403,23 @@ fn path_cstring(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
+/// Opens the sandbox log for appending, trimmed to its size cap (see [`sandbox_log`]).
 fn open_log(run_dir: &Path) -> Result<File, SpawnError> {
     let path = run_dir.join(LOG_FILE);
-    OpenOptions::new()
+    let log = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|source| SpawnError::OpenLog { path, source })
+        .map_err(|source| SpawnError::OpenLog {
+            path: path.clone(),
+            source,
+        })?;
+    // A log that cannot be trimmed still takes the new sandbox's lines.
+    if let Err(error) = sandbox_log::trim(&log) {
+        tracing::warn!(path = %path.display(), %error, "failed to trim the sandbox log");
+    }
+    Ok(log)
 }
 
 /// The report of the setup stage and PID 1.

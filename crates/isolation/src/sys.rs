@@ -218,3 +218,108 @@ pub fn clear_ambient_caps() -> io::Result<()> {
     check(ret.into())?;
     Ok(())
 }
+
+/// A stack for a child that shares the caller's memory, with an inaccessible guard page
+/// below it, so that an overflow faults instead of overwriting the caller's memory.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// Size of the usable stack.
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+
+    pub fn new() -> io::Result<Self> {
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: an anonymous private mapping at an address the kernel chooses.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Self { base, len };
+        // SAFETY: the lowest page of the mapping just created, which nothing uses yet.
+        check(unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) }.into())?;
+        Ok(stack)
+    }
+
+    /// Returns the highest address, where a stack that grows down starts. It is 16-byte
+    /// aligned as the x86_64 ABI requires, since mappings are page-aligned.
+    fn top(&mut self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is `len` bytes long.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this base and length, and no child
+        // runs on it: `spawn_sibling` returns only after the child left it.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Runs `entry(arg)` in a new process that shares the caller's memory until it executes a
+/// program or exits, with `clone(CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD)`. Returns
+/// its pid once it has done either. Its parent is the caller's parent, which receives its
+/// SIGCHLD and reaps it. This is the way posix_spawn creates processes: no page tables are
+/// copied.
+///
+/// # Safety
+///
+/// The caller must be single-threaded and block every signal, so that no signal handler
+/// runs in the child on the shared memory. `entry` runs on `stack` and must only make system
+/// calls on memory that stays valid and unchanged until this function returns, and end with
+/// execve or `_exit`, never return.
+pub unsafe fn spawn_sibling(
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut ChildStack,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::SIGCHLD;
+    // SAFETY: `stack` is a live mapping for the child, which glibc's clone wrapper switches
+    // to before it calls `entry`. The caller upholds the rest of the contract.
+    let pid = unsafe { libc::clone(entry, stack.top(), flags, arg) };
+    check(pid.into())?;
+    Ok(pid)
+}
+
+/// `waitid(P_PIDFD, pidfd, WEXITED | WNOHANG)`: reaps the process if it has exited and
+/// returns its status in the encoding of `waitpid`, or `None` while it runs. The caller
+/// must be the process's parent.
+pub fn reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: siginfo_t is plain old data, for which all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into `info`, which lives across the call.
+    let ret = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    check(ret.into())?;
+    // SAFETY: waitid filled in `info`; si_pid stays 0 when no process has exited yet.
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    // SAFETY: for CLD_* codes the kernel sets si_status.
+    let status = unsafe { info.si_status() };
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => status | 0x80,
+        // CLD_KILLED; WEXITED reports no other codes.
+        _ => status,
+    }))
+}

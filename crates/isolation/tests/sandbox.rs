@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{ID_RANGE, TestSandbox, field, test_env, wait_until};
 use daytona_isolation::cgroup::Limits;
+use daytona_isolation::sandbox_log::LOG_LIMIT;
 use daytona_isolation::spawn::{self, SandboxProcess, SpawnError};
-use daytona_isolation::spec::TOOLBOX_SOCKET;
+use daytona_isolation::spec::{LOG_FILE, TOOLBOX_SOCKET};
 
 /// Docker's default capability set as `/proc/<pid>/status` prints it.
 const DOCKER_CAPS: &str = "00000000a80425fb";
@@ -468,6 +469,77 @@ sleep 60
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_view_shows_own_limits() {
+    let Some(env) = test_env("cgroup_view_shows_own_limits") else {
+        return;
+    };
+    let limits = Limits {
+        cpus: 1,
+        memory_bytes: 256 << 20,
+        pids: 64,
+    };
+    // Works for both layouts: v1 has one directory per hierarchy, v2 the files themselves.
+    let script = r#"
+cd /sys/fs/cgroup
+echo "entries=$(ls | tr '\n' ' ')"
+memory=$(cat memory/memory.limit_in_bytes 2>/dev/null || cat memory.max)
+echo "memory_limit=$memory"
+echo "pids_max=$(cat pids/pids.max 2>/dev/null || cat pids.max)"
+procs=$(cat memory/cgroup.procs 2>/dev/null || cat cgroup.procs)
+echo "$procs" | grep -qx $$ && echo own_process=listed
+echo "view=$(awk '$5 == "/sys/fs/cgroup" { split($6, o, ","); print $9 ":" o[1] }' /proc/self/mountinfo)"
+echo "memory_root=$(awk '$5 == "/sys/fs/cgroup/memory" || ($5 == "/sys/fs/cgroup" && $9 == "cgroup2") { print $4 }' /proc/self/mountinfo)"
+echo "write=$( (echo 1 > pids/pids.max) 2>&1 || (echo 1 > pids.max) 2>&1)"
+echo "mkdir=$(mkdir memory/child 2>&1 || mkdir child 2>&1)"
+"#;
+    let mut sandbox = TestSandbox::script(&env, script, &limits);
+    let out = sandbox.run().await;
+
+    let dirs = sandbox.cgroups.dirs();
+    if dirs.len() > 1 {
+        let mut names: Vec<String> = dirs
+            .iter()
+            .map(|dir| {
+                let relative = dir.strip_prefix("/sys/fs/cgroup").unwrap();
+                relative
+                    .iter()
+                    .next()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            // Only the hierarchies with limits: cpuacct and freezer hold none.
+            .filter(|name| {
+                name.split(',')
+                    .any(|controller| ["cpu", "memory", "pids"].contains(&controller))
+            })
+            .collect();
+        names.sort();
+        assert_eq!(field(&out, "entries").trim(), names.join(" "), "{out}");
+        assert_eq!(field(&out, "view"), "tmpfs:ro", "{out}");
+    } else {
+        assert_eq!(field(&out, "view"), "cgroup2:ro", "{out}");
+    }
+    assert_eq!(
+        field(&out, "memory_limit"),
+        (256u64 << 20).to_string(),
+        "{out}"
+    );
+    assert_eq!(field(&out, "pids_max"), "64", "{out}");
+    assert_eq!(field(&out, "own_process"), "listed", "{out}");
+    // The cgroup namespace starts at the sandbox's group, and so does the view.
+    assert_eq!(field(&out, "memory_root"), "/", "{out}");
+    assert!(
+        field(&out, "write").contains("Read-only file system"),
+        "{out}"
+    );
+    assert!(
+        field(&out, "mkdir").contains("Read-only file system"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_has_only_loopback() {
     let Some(env) = test_env("network_has_only_loopback") else {
         return;
@@ -566,6 +638,23 @@ async fn host_files_unreachable() {
     assert_eq!(field(&out, "dotdot"), "/");
     assert_eq!(field(&out, "root_inode"), field(&out, "dotdot_inode"));
     assert_eq!(field(&out, "root_fs"), "overlay", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_log_trimmed_at_start() {
+    let Some(env) = test_env("sandbox_log_trimmed_at_start") else {
+        return;
+    };
+    let mut sandbox = TestSandbox::script(&env, "echo started", &Limits::default());
+    let log = sandbox.spec.run_dir.join(LOG_FILE);
+    let old_line = "an old line of the sandbox log, from an earlier start of the sandbox\n";
+    fs::write(&log, old_line.repeat((3 << 20) / old_line.len())).unwrap();
+
+    let out = sandbox.run().await;
+    assert_eq!(out, "started\n");
+    let size = fs::metadata(&log).unwrap().len();
+    assert!(size <= LOG_LIMIT, "the log has {size} bytes");
+    assert!(size > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

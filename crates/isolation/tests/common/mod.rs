@@ -117,6 +117,7 @@ impl TestSandbox {
                 env: BTreeMap::new(),
                 output_limit: daytona_wire::daemon::DEFAULT_OUTPUT_LIMIT,
                 confine_workloads: true,
+                workload_env: None,
             },
             init_command: command.map(|argv| argv.iter().map(|a| a.to_string()).collect()),
         };
