@@ -130,7 +130,7 @@ def main() -> int:
                 contained = False
                 print(f"NOT CONTAINED {name}: {detail}")
             else:
-                print(f"contained: {name} ({detail[:120]})")
+                print(f"contained: {name} ({' '.join(detail.split())[:120]})")
             # The host and the next sandbox are unaffected.
             with open(host_marker) as marker:
                 if marker.read() != "host only\n":

@@ -104,3 +104,16 @@ def test_code_run_python_exception(sandbox):
     result = sandbox.process.code_run("raise ValueError('boom')")
     assert result.exit_code == 1
     assert "ValueError: boom" in result.result
+
+
+def test_background_process_can_be_killed_by_a_later_exec(sandbox):
+    sandbox.process.exec("nohup sleep 301 >/dev/null 2>&1 &")
+    assert "sleep 301" in sandbox.process.exec("ps -eo args").result
+    assert sandbox.process.exec("pkill -f 'sleep 301'").exit_code == 0
+    assert "sleep 301" not in sandbox.process.exec("sleep 0.2; ps -eo args").result
+
+
+def test_workload_cannot_kill_the_toolbox(sandbox):
+    # Root in the sandbox signals every process it may; the toolbox and PID 1 are out of reach.
+    sandbox.process.exec("sudo kill -9 -1")
+    assert sandbox.process.exec("echo still-serving").result == "still-serving\n"

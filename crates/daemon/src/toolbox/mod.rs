@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use daytona_isolation::workload::Confinement;
 use daytona_wire::daemon::{CONFIG_ENV, CONFIG_FD_ENV, DEFAULT_OUTPUT_LIMIT, DaemonConfig};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::socket::{getsockopt, sockopt};
@@ -116,7 +115,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    let result = runtime.block_on(server::serve(listener, Arc::new(toolbox)));
+    let toolbox = Arc::new(toolbox);
+    let result = runtime.block_on(async {
+        // The first command would otherwise wait for the launcher to start.
+        toolbox.launcher.warm_up().await;
+        server::serve(listener, toolbox).await
+    });
 
     // File operations still running on blocking threads get a moment to finish; commands are
     // not waited for.
@@ -254,11 +258,9 @@ fn build_toolbox(
         SandboxUser::by_uid(geteuid().as_raw())?
     };
 
-    let confinement = if config.confine_workloads && running_as_root {
-        Some(Confinement::prepare().context("failed to prepare the workload confinement")?)
-    } else {
-        None
-    };
+    // Workloads are confined only in a sandbox, where the daemon runs as root.
+    let confine = config.confine_workloads && running_as_root;
+    let executable = std::env::current_exe().context("failed to find the daemon's executable")?;
     let identity = switch_user.then(|| Identity {
         uid: user.uid,
         gid: user.gid,
@@ -287,7 +289,7 @@ fn build_toolbox(
         shell,
         workload_env: std::sync::RwLock::new(workload_env),
         output_limit: config.output_limit,
-        launcher: Launcher::new(identity, confinement),
+        launcher: Launcher::new(identity, confine, executable),
         config: std::sync::Mutex::new((config, config_store)),
     })
 }

@@ -1,24 +1,25 @@
-//! Runs one workload command: spawns it confined and as the sandbox user, captures its output
-//! within a cap, and kills its process group when it times out.
+//! Runs one workload command: spawns it through the launcher, confined and as the sandbox
+//! user, captures its output within a cap, and kills its process group when it times out.
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use daytona_isolation::workload::Confinement;
+pub use daytona_isolation::launcher::Identity;
+use daytona_isolation::launcher::{
+    LaunchError, LauncherClient, SessionMode, SpawnRequest, Workload,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{ChildStdin, Command};
 
 use super::output::OutputText;
-use super::reader::{OutputPipes, OutputReader};
+use super::reader::OutputReader;
 
 /// How long output is still read after the command's main process exited. Background
 /// processes that inherited the output pipes may keep them open for much longer; the
@@ -53,30 +54,63 @@ pub enum Outcome {
     Failed { error: io::Error },
 }
 
-/// The uid, gid and groups a workload switches to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-    pub groups: Vec<libc::gid_t>,
-}
-
-/// Starts workload processes: confined when the sandbox requires it, as the sandbox user, each
-/// in its own process group.
-#[derive(Debug, Default)]
+/// Starts workload processes through the sandbox's launcher: confined when the sandbox
+/// requires it, as the sandbox user, each in its own process group.
+///
+/// The launcher puts every workload into one Landlock domain, so that workloads of different
+/// requests can signal each other while the toolbox server stays out of their reach. The
+/// toolbox server is the parent of every workload and owns their exit status.
+#[derive(Debug)]
 pub struct Launcher {
     /// `None` when workloads run as the daemon's own user.
     identity: Option<Identity>,
-    /// `None` when workloads run unconfined (outside a sandbox, in the daemon's own tests).
-    confinement: Option<Arc<Confinement>>,
+    client: LauncherClient,
+    confine: bool,
 }
 
 impl Launcher {
-    pub fn new(identity: Option<Identity>, confinement: Option<Confinement>) -> Self {
+    /// `confine` selects a confining launcher (in a sandbox) or an unconfined one (the daemon's
+    /// own tests); `executable` is the daemon binary that runs as the launcher.
+    pub fn new(identity: Option<Identity>, confine: bool, executable: PathBuf) -> Self {
+        let client = if confine {
+            LauncherClient::new(executable)
+        } else {
+            LauncherClient::unconfined(executable)
+        };
         Self {
             identity,
-            confinement: confinement.map(Arc::new),
+            client,
+            confine,
         }
+    }
+
+    /// Starts the launcher ahead of the first request, which would otherwise wait for it.
+    pub async fn warm_up(&self) {
+        if let Err(error) = self.client.ensure_started().await {
+            tracing::warn!(%error, "failed to start the workload launcher; the next command retries");
+        }
+    }
+
+    /// Starts one process for `spec`, in a new process group, with the given stdio.
+    pub async fn spawn(
+        &self,
+        spec: &CommandSpec,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<Workload, LaunchError> {
+        let mut argv = Vec::with_capacity(spec.args.len() + 1);
+        argv.push(spec.program.clone().into_os_string());
+        argv.extend(spec.args.iter().cloned());
+        let mut request = SpawnRequest::new(argv);
+        request.env = spec
+            .env
+            .iter()
+            .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+            .collect();
+        request.cwd = spec.cwd.clone();
+        request.user = self.identity.clone();
+        request.confine = self.confine;
+        request.session = SessionMode::NewProcessGroup;
+        self.client.spawn(request, stdio).await
     }
 
     /// Runs a command to its end or its timeout.
@@ -84,29 +118,40 @@ impl Launcher {
     /// If the returned future is dropped before the command ends (the client went away), the
     /// command's process group is killed.
     pub async fn run(&self, spec: CommandSpec) -> Outcome {
-        let started = OutputReader::start(spec.output_limit).and_then(|(reader, pipes)| {
-            let mut command = self.command(&spec, pipes)?;
-            // `command` keeps the daemon's copies of the pipes' write ends until it is dropped at
-            // the end of this closure. The reader then sees end of file as soon as the
-            // command's own processes close theirs.
-            Ok((reader, command.spawn()?))
-        });
-        let (reader, mut child) = match started {
+        let (reader, pipes) = match OutputReader::start(spec.output_limit) {
             Ok(started) => started,
             Err(error) => return Outcome::Failed { error },
         };
-        let mut group = GroupKiller::new(child.id());
+        let (stdin_read, stdin_write) = match spec.stdin {
+            Some(_) => match pipe() {
+                Ok((read, write)) => (Some(read), Some(write)),
+                Err(error) => return Outcome::Failed { error },
+            },
+            None => (None, None),
+        };
+        // The launcher passes these descriptors to the workload; dropping the daemon's copies
+        // afterwards lets the reader see end of file once the command's processes close theirs.
+        let stdio = [stdin_read, Some(pipes.stdout), Some(pipes.stderr)];
+        let workload = match self.spawn(&spec, stdio).await {
+            Ok(workload) => workload,
+            Err(error) => {
+                return Outcome::Failed {
+                    error: launch_error_to_io(error),
+                };
+            }
+        };
+        let mut group = GroupKiller::new(&workload);
 
         // Feed the input while waiting: a command may read its input only after writing
         // output, or never.
         let ended = {
-            let feed = feed_stdin(child.stdin.take(), spec.stdin);
+            let feed = feed_stdin(stdin_write, spec.stdin);
             let deadline = sleep_for(spec.timeout);
             tokio::pin!(feed, deadline);
             let mut fed = false;
             loop {
                 tokio::select! {
-                    status = child.wait() => break Ended::Exited(status),
+                    status = workload.wait() => break Ended::Exited(status),
                     () = &mut feed, if !fed => fed = true,
                     () = &mut deadline => break Ended::TimedOut,
                 }
@@ -132,7 +177,7 @@ impl Launcher {
                 // Kill before reaping: while the main process is unreaped, its pid, which is
                 // also the group id, cannot be reused.
                 group.kill();
-                let _ = child.wait().await;
+                let _ = workload.wait().await;
                 let output = reader.finish(DRAIN_GRACE).await;
                 Outcome::TimedOut {
                     output: output.into_text(),
@@ -140,75 +185,19 @@ impl Launcher {
             }
         }
     }
+}
 
-    fn command(&self, spec: &CommandSpec, pipes: OutputPipes) -> io::Result<Command> {
-        let cwd = CString::new(spec.cwd.as_os_str().as_bytes())?;
-        let mut command = Command::new(&spec.program);
-        command
-            .args(&spec.args)
-            .env_clear()
-            .envs(&spec.env)
-            .stdin(match spec.stdin {
-                Some(_) => Stdio::piped(),
-                None => Stdio::null(),
-            })
-            .stdout(Stdio::from(pipes.stdout))
-            .stderr(Stdio::from(pipes.stderr))
-            .process_group(0);
-
-        let identity = self.identity.clone();
-        let confinement = self.confinement.clone();
-        // SAFETY: the closure runs in the forked child before exec. It only makes system
-        // calls (`Confinement::apply` promises the same) on memory that was allocated before
-        // the fork and stays valid in the child's copy of the address space.
-        unsafe {
-            command
-                .pre_exec(move || enter_workload(confinement.as_deref(), identity.as_ref(), &cwd));
-        }
-        Ok(command)
+/// Converts a launch failure to an I/O error, keeping the errno of a program that could not
+/// start (ENOENT, EACCES), which callers report as such.
+pub fn launch_error_to_io(error: LaunchError) -> io::Error {
+    match error.start_error() {
+        Some(start) => io::Error::new(start.kind(), error.to_string()),
+        None => io::Error::other(error.to_string()),
     }
 }
 
-/// Turns the forked child into the workload. Runs between fork and exec.
-fn enter_workload(
-    confinement: Option<&Confinement>,
-    identity: Option<&Identity>,
-    cwd: &CStr,
-) -> io::Result<()> {
-    // 1. Confine first, while the child is still root in the sandbox: installing the
-    //    seccomp filter without no_new_privs and setting the capability sets need privileges
-    //    that the user switch drops.
-    //    NOTE: `apply` gives each workload its own Landlock domain. On kernels with Landlock
-    //    scopes (6.12 and later), a command therefore cannot signal the processes of another
-    //    command, such as a server an earlier command left running. Spawning through one
-    //    launcher process that entered a single domain for all workloads removes this.
-    if let Some(confinement) = confinement {
-        confinement.apply()?;
-    }
-
-    // 2. Switch to the sandbox user: groups, then gid, then uid, because once the uid changes
-    //    the process may no longer change its groups.
-    if let Some(identity) = identity {
-        // SAFETY: `groups` is a live slice whose length is passed with it.
-        check(unsafe { libc::setgroups(identity.groups.len(), identity.groups.as_ptr()) })?;
-        // SAFETY: plain system calls on integer arguments.
-        check(unsafe { libc::setgid(identity.gid) })?;
-        // SAFETY: as above.
-        check(unsafe { libc::setuid(identity.uid) })?;
-    }
-
-    // 3. Enter the working directory as the user, so that its permissions apply to them.
-    // SAFETY: `cwd` is a NUL-terminated string that outlives the call.
-    check(unsafe { libc::chdir(cwd.as_ptr()) })?;
-    Ok(())
-}
-
-fn check(result: libc::c_int) -> io::Result<()> {
-    if result == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
 /// Exit code as a shell reports it: the status, or 128 + N when signal N ended the process.
@@ -234,12 +223,14 @@ async fn sleep_for(timeout: Option<Duration>) {
 
 /// Writes the input and closes standard input. A command that exits or closes its input early
 /// makes the write fail, which is not an error of the run.
-async fn feed_stdin(stdin: Option<ChildStdin>, input: Option<Vec<u8>>) {
-    let (Some(mut stdin), Some(input)) = (stdin, input) else {
+async fn feed_stdin(stdin: Option<OwnedFd>, input: Option<Vec<u8>>) {
+    let (Some(stdin), Some(input)) = (stdin, input) else {
+        return;
+    };
+    let Ok(mut stdin) = tokio::net::unix::pipe::Sender::from_owned_fd(stdin) else {
         return;
     };
     let _ = stdin.write_all(&input).await;
-    let _ = stdin.shutdown().await;
 }
 
 /// Kills a command's process group when dropped, unless disarmed.
@@ -248,11 +239,10 @@ struct GroupKiller {
 }
 
 impl GroupKiller {
-    fn new(pid: Option<u32>) -> Self {
+    /// The workload leads its own process group, so its pid is the group id.
+    fn new(workload: &Workload) -> Self {
         Self {
-            pgid: pid
-                .and_then(|pid| i32::try_from(pid).ok())
-                .map(Pid::from_raw),
+            pgid: Some(Pid::from_raw(workload.pid())),
         }
     }
 
