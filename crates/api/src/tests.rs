@@ -536,3 +536,51 @@ async fn store_rejects_duplicate_live_name() {
     harness.state.store.delete_sandbox(&first.id).await.unwrap();
     harness.state.store.insert_sandbox(&second).await.unwrap();
 }
+
+#[tokio::test]
+async fn openapi_paths_are_all_routed() {
+    let harness = harness().await;
+    let openapi = routes::openapi();
+    let mut checked = 0;
+    for (path, item) in &openapi.paths.paths {
+        let concrete = path.replace("{id}", "some-id");
+        let methods = [
+            ("GET", item.get.is_some()),
+            ("POST", item.post.is_some()),
+            ("PUT", item.put.is_some()),
+            ("DELETE", item.delete.is_some()),
+        ];
+        for (method, present) in methods {
+            if !present {
+                continue;
+            }
+            let (status, body) = call(
+                &harness,
+                method,
+                &format!("/api{concrete}"),
+                None,
+                Some(KEY),
+            )
+            .await;
+            let unrouted = body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no route for") || m.starts_with("method "));
+            assert!(
+                !unrouted,
+                "{method} {path} is documented but not routed: {status} {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} operations documented");
+}
+
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let harness = harness().await;
+    let (status, body) = call(&harness, "GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["paths"]["/sandbox"]["post"].is_object());
+    assert!(body["components"]["schemas"]["Sandbox"].is_object());
+    assert!(body["components"]["securitySchemes"]["bearer"].is_object());
+}

@@ -163,3 +163,35 @@ async fn missing_config_outside_listen_mode_fails() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DAYTONA_DAEMON_CONFIG"), "{stderr}");
 }
+
+#[tokio::test]
+async fn openapi_document_lists_routed_paths() {
+    let daemon = Daemon::start().await;
+    let reply = daemon.get("/openapi.json").await;
+    assert_eq!(reply.status, 200);
+    let document = reply.json();
+    let paths = document["paths"].as_object().expect("paths");
+    for expected in [
+        "/process/execute",
+        "/files",
+        "/files/bulk-download",
+        "/env",
+        "/work-dir",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} is not documented");
+    }
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let method = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let reply = daemon.send(method.clone(), path, common::empty()).await;
+            let text = reply.text();
+            assert!(
+                !text.contains("no route for"),
+                "{method} {path} is documented but not routed: {text}"
+            );
+        }
+    }
+}

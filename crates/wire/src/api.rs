@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Sandbox states as the SDKs know them. The API reports a subset; the rest exist so that
 /// every value the SDK can send or read back has a name here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     Creating,
@@ -75,7 +75,7 @@ impl std::fmt::Display for SandboxState {
 }
 
 /// A volume mount of a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxVolume {
     pub volume_id: String,
@@ -85,7 +85,7 @@ pub struct SandboxVolume {
 }
 
 /// Build information sent with `POST /sandbox` for image-based creation.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBuildInfo {
     pub dockerfile_content: String,
@@ -94,7 +94,7 @@ pub struct CreateBuildInfo {
 }
 
 /// Body of `POST /sandbox`. Every field is optional; unknown fields are ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSandbox {
     pub name: Option<String>,
@@ -132,7 +132,7 @@ pub struct CreateSandbox {
 ///
 /// Every field is always serialized, `null` included: the published Python client requires
 /// some nullable fields to be present, and emitting all of them is the safe rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sandbox {
     pub id: String,
@@ -176,6 +176,7 @@ pub struct Sandbox {
     pub auto_destroy_at: Option<String>,
     pub queue_timeout: Option<i64>,
     pub volumes: Vec<SandboxVolume>,
+    #[schema(value_type = Option<Object>)]
     pub build_info: Option<serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
@@ -188,7 +189,7 @@ pub struct Sandbox {
 }
 
 /// Response of `GET /sandbox`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListSandboxes {
     pub items: Vec<Sandbox>,
@@ -197,13 +198,13 @@ pub struct ListSandboxes {
 }
 
 /// Response of `GET /sandbox/{id}/toolbox-proxy-url`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolboxProxyUrl {
     pub url: String,
 }
 
 /// Snapshot states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotState {
     Building,
@@ -220,7 +221,7 @@ pub enum SnapshotState {
 /// A snapshot as `GET /snapshots` and `GET /snapshots/{id}` return it.
 ///
 /// Note that the snapshot uses `mem` where the sandbox uses `memory`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     pub id: String,
@@ -241,6 +242,7 @@ pub struct Snapshot {
     pub created_at: String,
     pub updated_at: String,
     pub last_used_at: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub build_info: Option<serde_json::Value>,
     pub region_ids: Option<Vec<String>>,
     pub initial_runner_id: Option<String>,
@@ -251,7 +253,7 @@ pub struct Snapshot {
 }
 
 /// Response of `GET /snapshots`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaginatedSnapshots {
     pub items: Vec<Snapshot>,
@@ -261,7 +263,7 @@ pub struct PaginatedSnapshots {
 }
 
 /// Response of `GET /health`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which component produced an error. The SDKs use it with `code` to pick an exception class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ErrorSource {
     #[serde(rename = "DAYTONA_API")]
     Api,
@@ -14,7 +14,7 @@ pub enum ErrorSource {
 }
 
 /// Daytona's error shape, also declared as `ErrorResponse` by the toolbox client.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     pub status_code: u16,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /process/execute`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecuteRequest {
     pub command: String,
     #[serde(default)]
@@ -20,7 +20,7 @@ pub struct ExecuteRequest {
 }
 
 /// Response of `POST /process/execute`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecuteResponse {
     /// Exit status; 128 + N when signal N ended the shell; -1 when the shell could not start.
@@ -36,7 +36,7 @@ pub struct ExecuteResponse {
 }
 
 /// Languages `POST /process/code-run` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CodeLanguage {
     Python,
@@ -45,7 +45,7 @@ pub enum CodeLanguage {
 }
 
 /// Body of `POST /process/code-run`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CodeRunRequest {
     pub code: String,
     #[serde(default = "default_language")]
@@ -63,7 +63,7 @@ fn default_language() -> String {
 }
 
 /// Response of `POST /process/code-run`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CodeRunResponse {
     pub exit_code: i32,
@@ -73,14 +73,15 @@ pub struct CodeRunResponse {
 }
 
 /// Charts a run produced.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CodeRunArtifacts {
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub charts: Vec<serde_json::Value>,
 }
 
 /// One entry of `GET /files` and the response of `GET /files/info`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileInfo {
     pub name: String,
@@ -103,25 +104,25 @@ pub struct FileInfo {
 }
 
 /// Body of `POST /files/bulk-download`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FilesDownloadRequest {
     pub paths: Vec<String>,
 }
 
 /// Response of `GET /user-home-dir` and `GET /work-dir`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirResponse {
     pub dir: String,
 }
 
 /// Response of `GET /version`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionResponse {
     pub version: String,
 }
 
 /// One written file in the response of `POST /files/bulk-upload` (Daytona's `FsFileResult`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FsFileResult {
     /// Destination path as the request named it.
     pub path: String,
@@ -131,7 +132,7 @@ pub struct FsFileResult {
 
 /// Response of `POST /files/bulk-upload`, with status 200 when every file was written and 400
 /// when any failed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UploadFilesResponse {
     pub files: Vec<FsFileResult>,
     /// One message per file or body failure, each naming the destination.
@@ -175,7 +176,7 @@ mod tests {
 }
 
 /// Body of `POST /env`: changes the environment of every process started afterwards.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateEnvRequest {
     /// Variables to set, applied last.

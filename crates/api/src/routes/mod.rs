@@ -1,4 +1,8 @@
 //! The HTTP routes of the server.
+//!
+//! Every API route is registered through [`OpenApiRouter`] with its `#[utoipa::path]`
+//! description, so the OpenAPI document at `/api/openapi.json` is generated from the same
+//! list that routes requests.
 
 mod sandboxes;
 mod snapshots;
@@ -9,13 +13,44 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use daytona_wire::api::Health;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error;
 use crate::state::AppState;
 
+/// Metadata of the API's OpenAPI document; the paths come from the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Daytona API",
+        description = "Sandboxes for AI-generated code. Authenticate with `Authorization: Bearer <API key>`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// Declares the bearer API key scheme that every operation uses.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
 /// `GET /api/health`: 200 once the server accepts sandbox creates, 503 before.
+#[utoipa::path(get, path = "/health", tag = "health", security(()),
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn health(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(Health {
@@ -33,24 +68,42 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The API routes under `/api`, with their OpenAPI description.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(sandboxes::create, sandboxes::list))
+        .routes(routes!(sandboxes::get, sandboxes::delete))
+        .routes(routes!(sandboxes::start))
+        .routes(routes!(sandboxes::stop))
+        .routes(routes!(sandboxes::toolbox_proxy_url))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(snapshots::get))
+}
+
+/// The OpenAPI document of the API, with paths relative to the API URL (`.../api`).
+#[cfg(test)]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, openapi) = api_routes().split_for_parts();
+    openapi
+}
+
 /// Builds the router of the whole server: the API under `/api` and the toolbox proxy under
 /// `/toolbox`.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/sandbox", post(sandboxes::create).get(sandboxes::list))
-        .route(
-            "/sandbox/{id}",
-            get(sandboxes::get).delete(sandboxes::delete),
-        )
-        .route("/sandbox/{id}/start", post(sandboxes::start))
-        .route("/sandbox/{id}/stop", post(sandboxes::stop))
-        .route(
-            "/sandbox/{id}/toolbox-proxy-url",
-            get(sandboxes::toolbox_proxy_url),
-        )
-        .route("/snapshots", get(snapshots::list))
-        .route("/snapshots/{id}", get(snapshots::get));
+    let (api, openapi) = api_routes().split_for_parts();
+    let openapi_json = openapi
+        .to_json()
+        .expect("the generated OpenAPI document always serializes");
+    let api = api.route(
+        "/openapi.json",
+        get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                openapi_json,
+            )
+        }),
+    );
 
     Router::new()
         .nest("/api", api)

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use daytona_runner::{CreateParams, Limits};
+use daytona_wire::ErrorBody;
 use daytona_wire::api::{
     CreateSandbox, ListSandboxes, Sandbox, SandboxState, SnapshotState, ToolboxProxyUrl,
 };
@@ -119,6 +120,11 @@ fn interval(name: &str, value: Option<i64>, default: i64, min: i64) -> Result<i6
 }
 
 /// `POST /sandbox`: creates a sandbox and answers once it is started.
+#[utoipa::path(post, path = "/sandbox", tag = "sandbox", request_body = CreateSandbox,
+    responses((status = 200, description = "The sandbox, already started", body = Sandbox),
+        (status = 400, body = ErrorBody), (status = 404, description = "Unknown snapshot", body = ErrorBody),
+        (status = 409, description = "A live sandbox has this name", body = ErrorBody),
+        (status = 503, description = "The default snapshot is not ready yet", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -357,6 +363,9 @@ pub async fn find(
 }
 
 /// `GET /sandbox/{idOrName}`.
+#[utoipa::path(get, path = "/sandbox/{id}", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -367,6 +376,9 @@ pub async fn get(
 }
 
 /// `GET /sandbox/{id}/toolbox-proxy-url`.
+#[utoipa::path(get, path = "/sandbox/{id}/toolbox-proxy-url", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = ToolboxProxyUrl), (status = 404, body = ErrorBody)))]
 pub async fn toolbox_proxy_url(
     State(state): State<AppState>,
     caller: Caller,
@@ -380,6 +392,9 @@ pub async fn toolbox_proxy_url(
 
 /// `DELETE /sandbox/{idOrName}`: destroys the sandbox and releases everything it held before
 /// answering, so that its name and its share of the limits are free at once.
+#[utoipa::path(delete, path = "/sandbox/{id}", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, description = "The sandbox, destroyed", body = Sandbox), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -406,6 +421,9 @@ pub async fn delete(
 }
 
 /// `POST /sandbox/{idOrName}/start`.
+#[utoipa::path(post, path = "/sandbox/{id}/start", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -448,6 +466,9 @@ pub async fn start(
 }
 
 /// `POST /sandbox/{idOrName}/stop`.
+#[utoipa::path(post, path = "/sandbox/{id}/stop", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, body = Sandbox), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
     caller: Caller,
@@ -602,6 +623,16 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
 }
 
 /// `GET /sandbox`: a page of the organization's sandboxes with a cursor to the next.
+#[utoipa::path(get, path = "/sandbox", tag = "sandbox",
+    params(
+        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"),
+        ("id" = Option<String>, Query), ("name" = Option<String>, Query),
+        ("labels" = Option<String>, Query, description = "JSON object of labels that must all match"),
+        ("states" = Option<Vec<String>>, Query, description = "States to include (repeatable)"),
+        ("sort" = Option<String>, Query, description = "createdAt, name, updatedAt or lastActivityAt"),
+        ("order" = Option<String>, Query, description = "asc or desc (default desc)")),
+    responses((status = 200, body = ListSandboxes), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

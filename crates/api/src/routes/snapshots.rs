@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use daytona_wire::ErrorBody;
 use daytona_wire::api::{PaginatedSnapshots, Snapshot};
 use serde::Deserialize;
 
@@ -17,6 +18,10 @@ pub struct PageQuery {
 }
 
 /// `GET /snapshots?page&limit`: the snapshots the organization can use, by name.
+#[utoipa::path(get, path = "/snapshots", tag = "snapshots",
+    params(("page" = Option<i64>, Query, description = "Page number, from 1"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 200")),
+    responses((status = 200, body = PaginatedSnapshots), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -47,6 +52,9 @@ pub async fn list(
 }
 
 /// `GET /snapshots/{idOrName}`.
+#[utoipa::path(get, path = "/snapshots/{id}", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,

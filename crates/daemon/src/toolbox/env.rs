@@ -2,22 +2,27 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::UpdateEnvRequest;
 
 use super::error::{ApiError, JsonBody};
 use super::state::{Toolbox, check_env_var};
 
-pub fn routes() -> Router<Arc<Toolbox>> {
-    Router::new().route("/env", post(update_env))
+pub fn routes() -> OpenApiRouter<Arc<Toolbox>> {
+    OpenApiRouter::new().routes(routes!(update_env))
 }
 
 /// Applies `unset`, then `unsetValuePrefix`, then `set` to the workload environment, and
 /// returns the resulting environment. The change is all or nothing: an invalid name rejects the
 /// whole request.
+#[utoipa::path(post, path = "/env", tag = "process", request_body = UpdateEnvRequest,
+    responses((status = 200, description = "The environment of later processes", body = BTreeMap<String, String>),
+        (status = 400, body = ErrorBody)))]
 async fn update_env(
     State(toolbox): State<Arc<Toolbox>>,
     JsonBody(request): JsonBody<UpdateEnvRequest>,

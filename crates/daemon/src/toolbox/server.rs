@@ -6,6 +6,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::signal::unix::{SignalKind, signal};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use super::error::{error_body, route_not_found};
 use super::state::Toolbox;
@@ -19,13 +21,39 @@ const JSON_BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// How long requests in progress may continue after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Builds the router of every toolbox route.
-pub fn router(toolbox: Arc<Toolbox>) -> Router {
-    Router::new()
+/// Metadata of the toolbox's OpenAPI document; the paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Daytona toolbox",
+    description = "The API of the daemon inside each sandbox, reached at `{toolboxProxyUrl}/{sandboxId}`."
+))]
+struct ToolboxDoc;
+
+/// Every toolbox route with its OpenAPI description.
+fn toolbox_routes() -> OpenApiRouter<Arc<Toolbox>> {
+    OpenApiRouter::with_openapi(ToolboxDoc::openapi())
         .merge(info::routes())
         .merge(env::routes())
         .merge(process::routes())
         .merge(files::routes())
+}
+
+/// Builds the router of every toolbox route, and `GET /openapi.json` with their description.
+pub fn router(toolbox: Arc<Toolbox>) -> Router {
+    let (router, openapi) = toolbox_routes().split_for_parts();
+    let openapi_json = openapi
+        .to_json()
+        .expect("the generated OpenAPI document always serializes");
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi_json,
+                )
+            }),
+        )
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(error_body))

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::FilesDownloadRequest;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{StreamExt, TryStreamExt};
@@ -33,6 +34,9 @@ pub struct DownloadQuery {
 }
 
 /// Sends one file as `application/octet-stream`.
+#[utoipa::path(get, path = "/files/download", tag = "files", params(("path" = String, Query)),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody)))]
 pub async fn download(
     State(toolbox): State<Arc<Toolbox>>,
     QueryParams(query): QueryParams<DownloadQuery>,
@@ -101,6 +105,9 @@ async fn open_file(path: PathBuf) -> Result<(tokio::fs::File, Metadata), ApiErro
 /// match parts to requests. The stream always ends with the closing boundary unless reading a
 /// file fails midway, in which case the response is cut short so that the client sees it as
 /// incomplete.
+#[utoipa::path(post, path = "/files/bulk-download", tag = "files", request_body = FilesDownloadRequest,
+    responses((status = 200, description = "multipart/form-data: a `file` or `error` part per path", content_type = "multipart/form-data"),
+        (status = 400, body = ErrorBody)))]
 pub async fn bulk_download(
     State(toolbox): State<Arc<Toolbox>>,
     JsonBody(request): JsonBody<FilesDownloadRequest>,

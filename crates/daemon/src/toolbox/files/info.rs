@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::FileInfo;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -22,6 +23,8 @@ pub struct PathQuery {
 
 /// Lists a directory, sorted by name. Entries describe the entry itself: a symbolic link is
 /// reported as a link, not as its target. Without `path`, lists the work directory.
+#[utoipa::path(get, path = "/files", tag = "files", params(("path" = String, Query, description = "Absolute, or relative to the work directory")),
+    responses((status = 200, body = Vec<FileInfo>), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(toolbox): State<Arc<Toolbox>>,
     QueryParams(query): QueryParams<PathQuery>,
@@ -57,6 +60,8 @@ fn list_dir(dir: &Path) -> Result<Vec<FileInfo>, ApiError> {
 }
 
 /// Describes one path, following a symbolic link to its target.
+#[utoipa::path(get, path = "/files/info", tag = "files", params(("path" = String, Query, description = "Absolute, or relative to the work directory")),
+    responses((status = 200, body = FileInfo), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn info(
     State(toolbox): State<Arc<Toolbox>>,
     QueryParams(query): QueryParams<PathQuery>,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use daytona_wire::ErrorBody;
 use serde::Deserialize;
 
 use super::{FileAction, blocking, file_error, invalid_path, required_path, set_owner};
@@ -26,6 +27,9 @@ pub struct FolderQuery {
 
 /// Creates a directory and its missing parents (`mkdir -p`). New directories get the
 /// requested mode and belong to the sandbox user; directories that exist are left as they are.
+#[utoipa::path(post, path = "/files/folder", tag = "files",
+    params(("path" = String, Query), ("mode" = Option<String>, Query, description = "Octal mode, such as 755")),
+    responses((status = 201, description = "Created"), (status = 400, body = ErrorBody)))]
 pub async fn create_folder(
     State(toolbox): State<Arc<Toolbox>>,
     QueryParams(query): QueryParams<FolderQuery>,
@@ -92,6 +96,9 @@ pub struct DeleteQuery {
 
 /// Deletes a file, a symbolic link (not its target) or a directory. A directory that is not
 /// empty needs `recursive=true`.
+#[utoipa::path(delete, path = "/files", tag = "files",
+    params(("path" = String, Query), ("recursive" = Option<bool>, Query)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn delete(
     State(toolbox): State<Arc<Toolbox>>,
     QueryParams(query): QueryParams<DeleteQuery>,

@@ -11,23 +11,23 @@ mod upload;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::state::Toolbox;
 
-pub fn routes() -> Router<Arc<Toolbox>> {
-    Router::new()
-        .route("/files", get(info::list).delete(manage::delete))
-        .route("/files/info", get(info::info))
-        .route("/files/folder", post(manage::create_folder))
-        .route("/files/upload", post(upload::upload))
-        .route("/files/bulk-upload", post(upload::bulk_upload))
-        .route("/files/download", get(download::download))
-        .route("/files/bulk-download", post(download::bulk_download))
+pub fn routes() -> OpenApiRouter<Arc<Toolbox>> {
+    OpenApiRouter::new()
+        .routes(routes!(info::list, manage::delete))
+        .routes(routes!(info::info))
+        .routes(routes!(manage::create_folder))
+        .routes(routes!(upload::upload))
+        .routes(routes!(upload::bulk_upload))
+        .routes(routes!(download::download))
+        .routes(routes!(download::bulk_download))
 }
 
 /// Resolves the `path` query parameter of a file route.

@@ -17,6 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::{FsFileResult, UploadFilesResponse};
 use futures_util::{Stream, StreamExt};
 use multer::{Field, Multipart};
@@ -52,6 +53,9 @@ pub struct UploadQuery {
 }
 
 /// Uploads one file from the multipart field `file` to `path`.
+#[utoipa::path(post, path = "/files/upload", tag = "files", params(("path" = String, Query)),
+    request_body(content_type = "multipart/form-data", description = "One file field named `file`"),
+    responses((status = 200, description = "Uploaded"), (status = 400, body = ErrorBody)))]
 pub async fn upload(
     State(toolbox): State<Arc<Toolbox>>,
     QueryParams(query): QueryParams<UploadQuery>,
@@ -89,6 +93,9 @@ pub async fn upload(
 /// `files[i].path` names the destination and the file field `files[i].file` carries the
 /// content. A file that fails does not stop the others; the response lists what was written
 /// and what failed, with status 400 when anything failed.
+#[utoipa::path(post, path = "/files/bulk-upload", tag = "files",
+    request_body(content_type = "multipart/form-data", description = "Fields `files[i].path` and `files[i].file` for each file i"),
+    responses((status = 200, body = UploadFilesResponse), (status = 400, body = UploadFilesResponse)))]
 pub async fn bulk_upload(State(toolbox): State<Arc<Toolbox>>, request: Request) -> Response {
     let mut multipart = match multipart(request) {
         Ok(multipart) => multipart,

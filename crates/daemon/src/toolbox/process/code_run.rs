@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::{CodeLanguage, CodeRunArtifacts, CodeRunRequest, CodeRunResponse};
 use serde_json::Value;
 
@@ -37,6 +38,9 @@ const NODE_STRIP_TYPES_VERSION: (u64, u64) = (22, 6);
 /// Time allowed for `node --version`.
 const VERSION_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[utoipa::path(post, path = "/process/code-run", tag = "process", request_body = CodeRunRequest,
+    responses((status = 200, body = CodeRunResponse), (status = 400, body = ErrorBody),
+        (status = 408, description = "Timed out; the process group was killed", body = ErrorBody)))]
 pub async fn code_run(
     State(toolbox): State<Arc<Toolbox>>,
     JsonBody(request): JsonBody<CodeRunRequest>,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::{ExecuteRequest, ExecuteResponse};
 
 use super::command::CommandSpec;
@@ -13,6 +14,9 @@ use crate::toolbox::state::Toolbox;
 
 /// Runs the command with the shell reading it from standard input, not from `-c`: heredocs
 /// and multi-line scripts work, and the length is not bound by ARG_MAX.
+#[utoipa::path(post, path = "/process/execute", tag = "process", request_body = ExecuteRequest,
+    responses((status = 200, body = ExecuteResponse), (status = 400, body = ErrorBody),
+        (status = 408, description = "Timed out; the process group was killed", body = ErrorBody)))]
 pub async fn execute(
     State(toolbox): State<Arc<Toolbox>>,
     JsonBody(request): JsonBody<ExecuteRequest>,

@@ -9,20 +9,20 @@ pub mod reader;
 
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::post;
 
 use self::command::Outcome;
 use self::output::OutputText;
 use super::error::ApiError;
 use super::state::Toolbox;
 
-pub fn routes() -> Router<Arc<Toolbox>> {
-    Router::new()
-        .route("/process/execute", post(execute::execute))
-        .route("/process/code-run", post(code_run::code_run))
+pub fn routes() -> OpenApiRouter<Arc<Toolbox>> {
+    OpenApiRouter::new()
+        .routes(routes!(execute::execute))
+        .routes(routes!(code_run::code_run))
 }
 
 /// Exit code reported when the process could not be started at all.
