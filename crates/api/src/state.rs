@@ -9,6 +9,8 @@ use daytona_runner::Runner;
 
 use crate::auth::KeyCache;
 use crate::config::ServerConfig;
+use crate::events::Events;
+use crate::quota::Quotas;
 use crate::store::Store;
 
 /// Shared state; cheap to clone.
@@ -26,6 +28,8 @@ pub struct Shared {
     pub store: Store,
     pub runner: Arc<Runner>,
     pub keys: KeyCache,
+    pub events: Events,
+    pub quotas: Quotas,
     /// Unpacked layers of each usable snapshot image, by snapshot name.
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
@@ -41,6 +45,8 @@ impl Shared {
             store,
             runner,
             keys: KeyCache::default(),
+            events: Events::default(),
+            quotas: Quotas::default(),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),

@@ -17,10 +17,16 @@ mod config_store;
 mod env;
 mod error;
 mod files;
+mod git;
 mod info;
+mod interpreter;
+mod lsp;
 mod process;
+mod pty;
 mod server;
+mod session;
 mod state;
+mod system;
 mod user;
 
 use std::collections::BTreeMap;
@@ -291,5 +297,9 @@ fn build_toolbox(
         output_limit: config.output_limit,
         launcher: Launcher::new(identity, confine, executable),
         config: std::sync::Mutex::new((config, config_store)),
+        sessions: session::Sessions::new(),
+        ptys: pty::Ptys::new(),
+        interpreters: interpreter::Interpreters::new(),
+        lsp: lsp::LspServers::new(),
     })
 }

@@ -11,7 +11,11 @@ use axum::http::StatusCode;
 
 use super::config_store::ConfigStore;
 use super::error::ApiError;
+use super::interpreter::Interpreters;
+use super::lsp::LspServers;
 use super::process::command::Launcher;
+use super::pty::Ptys;
+use super::session::Sessions;
 use super::user::SandboxUser;
 
 /// `PATH` of workloads unless the sandbox's environment sets another.
@@ -43,6 +47,10 @@ pub struct Toolbox {
     /// The configuration, and where it is kept across restarts of the toolbox server (absent
     /// outside a sandbox).
     pub config: Mutex<(DaemonConfig, Option<ConfigStore>)>,
+    pub sessions: Sessions,
+    pub ptys: Ptys,
+    pub interpreters: Interpreters,
+    pub lsp: LspServers,
     /// Owner given to files and directories the daemon creates. `None` when the daemon does not
     /// run as root, so it cannot change owners and new files keep the daemon's own uid.
     pub file_owner: Option<(u32, u32)>,

@@ -11,9 +11,8 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use daytona_isolation::launcher::Identity;
-use daytona_isolation::launcher::{
-    LaunchError, LauncherClient, SessionMode, SpawnRequest, Workload,
-};
+pub use daytona_isolation::launcher::{LaunchError, SessionMode, SpawnRequest, Workload};
+use daytona_isolation::launcher::LauncherClient;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
@@ -91,12 +90,9 @@ impl Launcher {
         }
     }
 
-    /// Starts one process for `spec`, in a new process group, with the given stdio.
-    pub async fn spawn(
-        &self,
-        spec: &CommandSpec,
-        stdio: [Option<OwnedFd>; 3],
-    ) -> Result<Workload, LaunchError> {
+    /// A spawn request for `spec`, as the sandbox user and in a new process group; callers may
+    /// change the session mode or the controlling terminal before [`Launcher::spawn_request`].
+    pub fn request(&self, spec: &CommandSpec) -> SpawnRequest {
         let mut argv = Vec::with_capacity(spec.args.len() + 1);
         argv.push(spec.program.clone().into_os_string());
         argv.extend(spec.args.iter().cloned());
@@ -110,7 +106,25 @@ impl Launcher {
         request.user = self.identity.clone();
         request.confine = self.confine;
         request.session = SessionMode::NewProcessGroup;
+        request
+    }
+
+    /// Starts one process for a request built by [`Launcher::request`], with the given stdio.
+    pub async fn spawn_request(
+        &self,
+        request: SpawnRequest,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<Workload, LaunchError> {
         self.client.spawn(request, stdio).await
+    }
+
+    /// Starts one process for `spec`, in a new process group, with the given stdio.
+    pub async fn spawn(
+        &self,
+        spec: &CommandSpec,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<Workload, LaunchError> {
+        self.spawn_request(self.request(spec), stdio).await
     }
 
     /// Runs a command to its end or its timeout.
