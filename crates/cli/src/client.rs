@@ -128,13 +128,17 @@ pub fn run_sandbox(command: SandboxCommand) -> anyhow::Result<()> {
         match command {
             SandboxCommand::List => {
                 let mut cursor: Option<String> = None;
-                println!("{:<38} {:<24} {:<10} CREATED", "ID", "NAME", "STATE");
+                let mut printed_header = false;
                 loop {
                     let path = match &cursor {
                         Some(cursor) => format!("/sandbox?cursor={cursor}"),
                         None => "/sandbox".to_owned(),
                     };
                     let page: ListSandboxes = client.get(&path).await?;
+                    if !printed_header {
+                        println!("{:<38} {:<24} {:<10} CREATED", "ID", "NAME", "STATE");
+                        printed_header = true;
+                    }
                     for sandbox in &page.items {
                         println!(
                             "{:<38} {:<24} {:<10} {}",

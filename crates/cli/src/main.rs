@@ -29,12 +29,20 @@ enum Command {
     Image(image::ImageCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Server(args) => server::run(args),
         Command::Sandbox(command) => client::run_sandbox(command),
         Command::Snapshot(command) => client::run_snapshot(command),
         Command::Image(command) => image::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain on one line; a backtrace helps nobody who runs the command.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -177,8 +177,29 @@ pub fn is_running(process: &SandboxProcess) -> bool {
     let same_boot = boot_id().is_ok_and(|id| id == process.boot_id);
     same_boot
         && read_stat(process.pid).is_ok_and(|stat| {
-            stat.start_time == process.start_time && !matches!(stat.state, 'Z' | 'X')
+            stat.start_time == process.start_time
+                && !matches!(stat.state, 'Z' | 'X')
+                && stat.flags & PF_EXITING == 0
         })
+        && !sigkill_pending(process.pid)
+}
+
+/// `PF_EXITING` of `include/linux/sched.h`: set once a task has begun to exit. A PID 1 that
+/// is tearing down its PID namespace stays in state `R` or `D` for a while with this flag set.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether SIGKILL is pending for the process (`ShdPnd` of /proc/<pid>/status), which means it
+/// is about to exit even though it has not started yet.
+fn sigkill_pending(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let sigkill_bit = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|line| line.strip_prefix("ShdPnd:").or_else(|| line.strip_prefix("SigPnd:")))
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & sigkill_bit != 0)
 }
 
 /// Waits until the sandbox's PID 1 exits. Returns at once if it is not running.
@@ -196,6 +217,9 @@ pub async fn stop(process: &SandboxProcess, grace: Duration) -> Result<(), Spawn
     let Some(pidfd) = open_pidfd(process)? else {
         return Ok(());
     };
+    if grace.is_zero() {
+        return kill_and_wait(pid, pidfd).await;
+    }
     if !send_signal(pid, &pidfd, libc::SIGTERM)? {
         return Ok(());
     }
@@ -209,6 +233,11 @@ pub async fn stop(process: &SandboxProcess, grace: Duration) -> Result<(), Spawn
         ?grace,
         "sandbox PID 1 ignored SIGTERM; sending SIGKILL"
     );
+    kill_and_wait(pid, pidfd).await
+}
+
+/// Sends SIGKILL to PID 1 and waits until it is gone.
+async fn kill_and_wait(pid: i32, pidfd: OwnedFd) -> Result<(), SpawnError> {
     if !send_signal(pid, &pidfd, libc::SIGKILL)? {
         return Ok(());
     }
@@ -563,6 +592,8 @@ fn as_borrowed(fd: &OwnedFd) -> BorrowedFd<'_> {
 /// Fields of `/proc/<pid>/stat` that identify a process.
 struct ProcStat {
     state: char,
+    /// Field 9, the kernel's `PF_*` flags.
+    flags: u64,
     start_time: u64,
 }
 
@@ -577,9 +608,11 @@ fn read_stat(pid: i32) -> io::Result<ProcStat> {
 fn parse_stat(content: &str) -> Option<ProcStat> {
     let after_comm = &content[content.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
+    // fields[0] is field 3 (state), so field 9 (flags) is fields[6] and field 22
+    // (starttime) is fields[19].
     Some(ProcStat {
         state: fields.first()?.chars().next()?,
+        flags: fields.get(6)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
 }
