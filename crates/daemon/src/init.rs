@@ -5,8 +5,8 @@
 //!
 //! - It starts `/usr/local/bin/daytona-daemon toolbox` with the listening toolbox socket on
 //!   fd 3 and the daemon configuration on fd 4, and restarts it with a growing backoff when it
-//!   exits. The configuration arrives in the environment; PID 1 moves it into a memory file
-//!   that the toolbox server updates, so its changes survive the server's restart.
+//!   exits. The configuration arrives from the setup stage in a memory file, which PID 1 keeps
+//!   and the toolbox server updates, so that its changes survive the server's restart.
 //! - It reaps every child with `waitpid(-1)`: the toolbox server and orphans that the kernel
 //!   reparents to PID 1. Processes that the toolbox server started are its children, so their
 //!   exit status stays with it as long as it runs.
@@ -23,7 +23,7 @@
 //! the command's exit code when it exits.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -270,9 +270,25 @@ impl Init {
 /// Builds the test command, which runs confined like a workload (root in the sandbox with Docker's
 /// capabilities, seccomp profile and a Landlock domain), with a plain environment and
 /// without the toolbox socket.
-/// Moves the daemon configuration from the environment into a memory file, which PID 1 keeps
-/// and hands to every toolbox server it starts. `None` when the environment has none.
+/// Takes the memory file with the daemon configuration that the setup stage passed (its
+/// descriptor named by `DAYTONA_DAEMON_CONFIG_FD`), or moves a configuration found in the
+/// environment into a new one. PID 1 keeps it and hands it to every toolbox server it starts.
+/// `None` when neither is there.
 fn config_memfd() -> std::io::Result<Option<OwnedFd>> {
+    if let Some(fd) = std::env::var_os(CONFIG_FD_ENV) {
+        // SAFETY: PID 1 is single-threaded, so no other thread reads the environment.
+        unsafe { std::env::remove_var(CONFIG_FD_ENV) };
+        let fd: RawFd = fd
+            .to_str()
+            .and_then(|fd| fd.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("{CONFIG_FD_ENV} is not a descriptor number")))?;
+        // SAFETY: the setup stage created this descriptor for PID 1 alone, and nothing else in
+        // this process owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Only the toolbox server gets it, as fd 4; other children must not.
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        return Ok(Some(fd));
+    }
     let Some(config) = std::env::var_os(CONFIG_ENV) else {
         return Ok(None);
     };

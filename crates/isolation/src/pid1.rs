@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::ffi::{CStr, CString};
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -601,8 +601,8 @@ fn pivot_to_cwd() -> io::Result<()> {
 }
 
 /// Executes `/usr/local/bin/daytona-daemon init` with the toolbox socket as fd 3 and the
-/// daemon's configuration in its environment. With a test command in the spec, `init` runs
-/// that command in place of the toolbox server.
+/// daemon's configuration in a memory file whose descriptor the environment names. With a test
+/// command in the spec, `init` runs that command in place of the toolbox server.
 fn exec_init(spec: &SandboxSpec, listener: UnixListener) -> Result<Infallible, SetupError> {
     let exec_error = |source: io::Error| SetupError::Exec {
         path: DAEMON_PATH_IN_SANDBOX.into(),
@@ -617,9 +617,12 @@ fn exec_init(spec: &SandboxSpec, listener: UnixListener) -> Result<Infallible, S
         args.push("--".to_string());
         args.extend(command.iter().cloned());
     }
+    // A memory file, not an environment variable: the kernel caps one variable at 128 KiB,
+    // and a sandbox's environment may be larger.
+    let config_fd = config_memfd(&config).map_err(exec_error)?;
     let env = [
         DAEMON_PATH_ENV.to_string(),
-        format!("{}={config}", daytona_wire::daemon::CONFIG_ENV),
+        format!("{}={config_fd}", daytona_wire::daemon::CONFIG_FD_ENV),
     ];
 
     let args = to_cstrings(&args).map_err(exec_error)?;
@@ -637,6 +640,18 @@ fn exec_init(spec: &SandboxSpec, listener: UnixListener) -> Result<Infallible, S
         .map_err(|errno| exec_error(errno.into()))?;
     let errno = execve(&path, &args, &env).unwrap_err();
     Err(exec_error(errno.into()))
+}
+
+/// Writes the configuration to a memory file that survives exec, and returns its descriptor.
+fn config_memfd(config: &str) -> io::Result<RawFd> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"daytona-daemon-config",
+        nix::sys::memfd::MFdFlags::empty(),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, config.as_bytes())?;
+    // The descriptor must outlive this function for init to inherit it.
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(file))
 }
 
 /// Puts the listening socket on fd 3 without close-on-exec.

@@ -47,6 +47,11 @@ enum StartError {
 }
 
 /// Entry point of `daytona-daemon launcher`. Exits when the client closes the socket.
+/// Open-file limits of workloads, Docker's historical defaults: 1024 per process unless the
+/// workload raises its soft limit, to at most 4096.
+const WORKLOAD_OPEN_FILES_SOFT: libc::rlim_t = 1024;
+const WORKLOAD_OPEN_FILES_HARD: libc::rlim_t = 4096;
+
 pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(2).collect();
     let confined = match args.as_slice() {
@@ -104,7 +109,24 @@ impl Launcher {
                 source,
             })?;
 
-        // 3. Last, because it drops CAP_SYS_ADMIN: the one Landlock domain of the sandbox's
+        // 3. Bound the open files of every workload. The kernel charges an open file to the
+        //    sandbox's memory cgroup at only a few hundred bytes, so without this a sandbox
+        //    could fill the host's file table, which all sandboxes share.
+        if confined {
+            let limit = libc::rlimit {
+                rlim_cur: WORKLOAD_OPEN_FILES_SOFT,
+                rlim_max: WORKLOAD_OPEN_FILES_HARD,
+            };
+            // SAFETY: setrlimit reads the struct, which lives for the call.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                return Err(StartError::System {
+                    operation: "limit the open files of workloads",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+
+        // 4. Last, because it drops CAP_SYS_ADMIN: the one Landlock domain of the sandbox's
         //    workloads, Docker's seccomp profile and capability set, all inherited by every
         //    child. Whatever the launcher does from here on, a root workload may do too.
         let landlock = if confined {
