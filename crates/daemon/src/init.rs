@@ -278,15 +278,17 @@ fn config_memfd() -> std::io::Result<Option<OwnedFd>> {
     if let Some(fd) = std::env::var_os(CONFIG_FD_ENV) {
         // SAFETY: PID 1 is single-threaded, so no other thread reads the environment.
         unsafe { std::env::remove_var(CONFIG_FD_ENV) };
-        let fd: RawFd = fd
-            .to_str()
-            .and_then(|fd| fd.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("{CONFIG_FD_ENV} is not a descriptor number")))?;
+        let fd: RawFd = fd.to_str().and_then(|fd| fd.parse().ok()).ok_or_else(|| {
+            std::io::Error::other(format!("{CONFIG_FD_ENV} is not a descriptor number"))
+        })?;
         // SAFETY: the setup stage created this descriptor for PID 1 alone, and nothing else in
         // this process owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Only the toolbox server gets it, as fd 4; other children must not.
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
         return Ok(Some(fd));
     }
     let Some(config) = std::env::var_os(CONFIG_ENV) else {

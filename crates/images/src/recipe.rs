@@ -104,9 +104,11 @@ pub struct DebianRecipe {
 }
 
 impl DebianRecipe {
-    /// Returns the recipe of the default snapshot: Debian 12 with bash, coreutils, Python 3 (pip
-    /// and venv), git, curl, CA certificates, procps and sudo, and a user `daytona` (uid and gid
-    /// 1000) with passwordless sudo whose home `/home/daytona` is the working directory.
+    /// Returns the recipe of the default snapshot, which is Debian 12 with bash, coreutils,
+    /// Python 3 (pip, venv and the pylsp language server), git, curl, CA certificates, procps,
+    /// sudo and the SFTP server. It adds Node.js 18 with npm, TypeScript, esbuild and
+    /// typescript-language-server, and a user `daytona` (uid and gid 1000) with passwordless
+    /// sudo whose home `/home/daytona` is the working directory.
     pub fn default_snapshot() -> Self {
         let packages = [
             "bash",
@@ -114,15 +116,39 @@ impl DebianRecipe {
             "coreutils",
             "curl",
             "git",
+            "nodejs",
+            "npm",
+            "openssh-sftp-server",
             // useradd and groupadd for the hooks below.
             "passwd",
             "procps",
             "python3",
             "python3-pip",
+            "python3-pylsp",
             "python3-venv",
             "sudo",
         ];
         let customize_hooks = [
+            // Debian does not package these. Exact versions keep the build reproducible (none of
+            // them has a dependency with a version range), and the packages go under
+            // /usr/local, so that nothing fetches them at run time. esbuild turns TypeScript into
+            // JavaScript for code-run. typescript-language-server 4.4 is the last release that
+            // supports Node.js 18 (bookworm's), and it finds tsserver in the typescript package
+            // next to it. npm trusts the build host's CA bundle, because the root's own bundle
+            // lacks the CA of a TLS-inspecting egress proxy that the host may trust. The copy is
+            // removed afterwards. The last steps check that each tool starts under the image's
+            // Node.js.
+            concat!(
+                r#"cp /etc/ssl/certs/ca-certificates.crt "$1/tmp/build-host-ca.crt""#,
+                r#" && chroot "$1" npm install --global --prefix /usr/local --cache /tmp/npm-cache"#,
+                r#" --cafile /tmp/build-host-ca.crt --registry https://registry.npmjs.org/"#,
+                r#" --no-audit --no-fund --no-update-notifier"#,
+                r#" typescript@5.9.3 typescript-language-server@4.4.1 esbuild@0.28.2"#,
+                r#" && rm -rf "$1/tmp/npm-cache" "$1/tmp/build-host-ca.crt" "$1/root/.npm""#,
+                r#" && chroot "$1" esbuild --version"#,
+                r#" && chroot "$1" tsc --version"#,
+                r#" && chroot "$1" typescript-language-server --version"#,
+            ),
             r#"chroot "$1" groupadd --gid 1000 daytona"#,
             r#"chroot "$1" useradd --uid 1000 --gid 1000 --create-home --home-dir /home/daytona --shell /bin/bash daytona"#,
             r#"printf 'daytona ALL=(ALL) NOPASSWD:ALL\n' > "$1/etc/sudoers.d/daytona" && chmod 0440 "$1/etc/sudoers.d/daytona" && chroot "$1" visudo --check --file=/etc/sudoers.d/daytona"#,

@@ -197,7 +197,10 @@ fn sigkill_pending(pid: i32) -> bool {
     let sigkill_bit = 1u64 << (libc::SIGKILL - 1);
     status
         .lines()
-        .filter_map(|line| line.strip_prefix("ShdPnd:").or_else(|| line.strip_prefix("SigPnd:")))
+        .filter_map(|line| {
+            line.strip_prefix("ShdPnd:")
+                .or_else(|| line.strip_prefix("SigPnd:"))
+        })
         .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .any(|mask| mask & sigkill_bit != 0)
 }

@@ -70,7 +70,8 @@ impl SandboxState {
 
 impl std::fmt::Display for SandboxState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // `pad` honours width and alignment, which tables of states use.
+        f.pad(self.as_str())
     }
 }
 
@@ -201,6 +202,25 @@ pub struct ListSandboxes {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolboxProxyUrl {
     pub url: String,
+}
+
+/// Body and response of `PUT /sandbox/{id}/labels`: the sandbox's whole label map.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SandboxLabels {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Body of `POST /sandbox/{id}/resize`. Fields left out keep their value; unknown fields are
+/// ignored.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeSandbox {
+    /// vCPUs.
+    pub cpu: Option<i64>,
+    /// Memory in GiB.
+    pub memory: Option<i64>,
+    /// Disk in GiB; it can only grow.
+    pub disk: Option<i64>,
 }
 
 /// Snapshot states.

@@ -11,6 +11,14 @@
 pub mod api;
 pub mod daemon;
 pub mod error;
+pub mod files;
+pub mod git;
+pub mod interpreter;
+pub mod lsp;
+pub mod orgs;
+pub mod sessions;
+pub mod system;
+pub mod telemetry;
 pub mod toolbox;
 
 pub use error::{ErrorBody, ErrorSource};

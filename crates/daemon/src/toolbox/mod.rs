@@ -13,6 +13,7 @@
 //! which also restarts the server. State that later areas keep across requests (sessions,
 //! PTYs) has to survive such a restart too.
 
+mod computeruse;
 mod config_store;
 mod env;
 mod error;
@@ -301,5 +302,6 @@ fn build_toolbox(
         ptys: pty::Ptys::new(),
         interpreters: interpreter::Interpreters::new(),
         lsp: lsp::LspServers::new(),
+        cpu_sampler: system::CpuSampler::new(),
     })
 }

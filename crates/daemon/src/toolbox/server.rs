@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::error::{error_body, route_not_found};
 use super::state::Toolbox;
-use super::{env, files, git, info, interpreter, lsp, process, pty, session, system};
+use super::{computeruse, env, files, git, info, interpreter, lsp, process, pty, session, system};
 
 /// Largest JSON request body, in bytes. Commands and code travel in JSON bodies and may be
 /// far longer than ARG_MAX. Uploads are multipart and streamed, so this limit does not apply
@@ -42,6 +42,7 @@ fn toolbox_routes() -> OpenApiRouter<Arc<Toolbox>> {
         .merge(lsp::routes())
         .merge(git::routes())
         .merge(system::routes())
+        .merge(computeruse::routes())
 }
 
 /// Builds the router of every toolbox route, and `GET /openapi.json` with their description.

@@ -16,6 +16,7 @@ use super::lsp::LspServers;
 use super::process::command::Launcher;
 use super::pty::Ptys;
 use super::session::Sessions;
+use super::system::CpuSampler;
 use super::user::SandboxUser;
 
 /// `PATH` of workloads unless the sandbox's environment sets another.
@@ -51,6 +52,8 @@ pub struct Toolbox {
     pub ptys: Ptys,
     pub interpreters: Interpreters,
     pub lsp: LspServers,
+    /// The last CPU sample of `GET /system/metrics`.
+    pub cpu_sampler: CpuSampler,
     /// Owner given to files and directories the daemon creates. `None` when the daemon does not
     /// run as root, so it cannot change owners and new files keep the daemon's own uid.
     pub file_owner: Option<(u32, u32)>,

@@ -102,9 +102,9 @@ async fn open_file(path: PathBuf) -> Result<(tokio::fs::File, Metadata), ApiErro
 /// Sends the requested files as one `multipart/form-data` stream: a part named `file` per
 /// file that could be read, a part named `error` with Daytona's JSON error body per file that
 /// could not. Each part's `filename` is the path exactly as requested, which is how clients
-/// match parts to requests. The stream always ends with the closing boundary unless reading a
-/// file fails midway, in which case the response is cut short so that the client sees it as
-/// incomplete.
+/// match parts to requests, and file parts carry a `Content-Length`. The stream always ends
+/// with the closing boundary unless reading a file fails midway, in which case the response
+/// is cut short so that the client sees it as incomplete.
 #[utoipa::path(post, path = "/files/bulk-download", tag = "files", request_body = FilesDownloadRequest,
     responses((status = 200, description = "multipart/form-data: a `file` or `error` part per path", content_type = "multipart/form-data"),
         (status = 400, body = ErrorBody)))]
@@ -146,17 +146,28 @@ async fn part(
         Err(error) => Err(error),
     };
     match opened {
-        Ok((file, _)) => {
-            let head = part_head(boundary, "file", &requested, "application/octet-stream");
+        Ok((file, metadata)) => {
+            // The part is as long as the file was when opened, so that its Content-Length
+            // stays true even if the file grows meanwhile; clients use it to report progress.
+            let length = metadata.len();
+            let head = part_head(
+                boundary,
+                "file",
+                &requested,
+                "application/octet-stream",
+                Some(length),
+            );
+            let content = tokio::io::AsyncReadExt::take(file, length);
             stream::once(async move { Ok(head) })
-                .chain(ReaderStream::with_capacity(file, READ_CHUNK))
+                .chain(ReaderStream::with_capacity(content, READ_CHUNK))
                 .chain(stream::once(async { Ok(Bytes::from_static(b"\r\n")) }))
                 .boxed()
         }
         Err(error) => {
             let body = error.to_body("POST", BULK_DOWNLOAD_PATH);
             let json = serde_json::to_vec(&body).unwrap_or_default();
-            let mut bytes = part_head(boundary, "error", &requested, "application/json").to_vec();
+            let mut bytes =
+                part_head(boundary, "error", &requested, "application/json", None).to_vec();
             bytes.extend_from_slice(&json);
             bytes.extend_from_slice(b"\r\n");
             stream::once(async move { Ok(Bytes::from(bytes)) }).boxed()
@@ -169,11 +180,20 @@ async fn part(
     .boxed()
 }
 
-fn part_head(boundary: &str, name: &str, filename: &str, content_type: &str) -> Bytes {
+fn part_head(
+    boundary: &str,
+    name: &str,
+    filename: &str,
+    content_type: &str,
+    length: Option<u64>,
+) -> Bytes {
+    let length = length
+        .map(|length| format!("Content-Length: {length}\r\n"))
+        .unwrap_or_default();
     Bytes::from(format!(
         "--{boundary}\r\n\
          Content-Disposition: form-data; name=\"{name}\"; filename=\"{}\"; filename*=utf-8''{}\r\n\
-         Content-Type: {content_type}\r\n\r\n",
+         Content-Type: {content_type}\r\n{length}\r\n",
         quote_filename(filename),
         percent_encode(filename),
     ))
@@ -230,11 +250,15 @@ mod tests {
 
     #[test]
     fn part_head_names_the_requested_path() {
-        let head = part_head("B", "file", "dir/x.bin", "application/octet-stream");
+        let head = part_head("B", "file", "dir/x.bin", "application/octet-stream", None);
         assert_eq!(
             head,
             "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"dir/x.bin\"; \
              filename*=utf-8''dir%2Fx.bin\r\nContent-Type: application/octet-stream\r\n\r\n"
+        );
+        let head = part_head("B", "file", "x", "application/octet-stream", Some(12));
+        assert!(
+            head.ends_with(b"Content-Type: application/octet-stream\r\nContent-Length: 12\r\n\r\n")
         );
     }
 }

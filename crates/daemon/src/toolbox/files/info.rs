@@ -1,42 +1,74 @@
 //! `GET /files` (list a directory) and `GET /files/info` (one path).
 
 use std::fs::{self, Metadata};
+use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use daytona_wire::ErrorBody;
 use daytona_wire::toolbox::FileInfo;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{FileAction, blocking, checked_path, file_error, invalid_path, required_path};
+use super::walk::{WalkLimits, walk};
+use super::{
+    FileAction, blocking, checked_path, file_error, invalid_path, log_truncated, required_path,
+    truncation_headers,
+};
 use crate::toolbox::error::{ApiError, QueryParams};
 use crate::toolbox::state::Toolbox;
+
+/// Most entries one listing returns.
+const LIST_LIMIT: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 pub struct PathQuery {
     path: Option<String>,
 }
 
-/// Lists a directory, sorted by name. Entries describe the entry itself: a symbolic link is
-/// reported as a link, not as its target. Without `path`, lists the work directory.
-#[utoipa::path(get, path = "/files", tag = "files", params(("path" = String, Query, description = "Absolute, or relative to the work directory")),
-    responses((status = 200, body = Vec<FileInfo>), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    path: Option<String>,
+    /// Levels listed: 1 (the default) is the directory's own entries, 2 adds theirs, and so on.
+    depth: Option<u64>,
+}
+
+/// Lists a directory, sorted by name, to `depth` levels: each directory's entries follow it,
+/// before its next sibling. Entries describe the entry itself: a symbolic link is reported as
+/// a link, and a linked directory is not entered. Without `path`, lists the work directory.
+/// A listing longer than 100000 entries is cut and carries `X-Daytona-Truncated`.
+#[utoipa::path(get, path = "/files", tag = "files",
+    params(("path" = String, Query, description = "Absolute, or relative to the work directory"),
+        ("depth" = Option<u64>, Query, description = "Levels to list, at least 1 (the default)")),
+    responses((status = 200, body = Vec<FileInfo>, headers(
+            ("X-Daytona-Truncated" = String, description = "`true` when the entry limit cut the listing"),
+            ("X-Daytona-Truncated-Limit" = String, description = "The limit, `maxEntries=100000`"))),
+        (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(toolbox): State<Arc<Toolbox>>,
-    QueryParams(query): QueryParams<PathQuery>,
-) -> Result<Json<Vec<FileInfo>>, ApiError> {
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<(HeaderMap, Json<Vec<FileInfo>>), ApiError> {
     let dir = match query.path.as_deref() {
         None | Some("") => toolbox.work_dir.clone(),
         Some(path) => checked_path(&toolbox, path)?,
     };
-    blocking(move || list_dir(&dir)).await.map(Json)
+    let depth = match query.depth {
+        None => 1,
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid depth 0: depth must be at least 1",
+            ));
+        }
+        Some(depth) => usize::try_from(depth).unwrap_or(usize::MAX),
+    };
+    blocking(move || list_dir(&dir, depth)).await
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<FileInfo>, ApiError> {
+fn list_dir(dir: &Path, depth: usize) -> Result<(HeaderMap, Json<Vec<FileInfo>>), ApiError> {
     let metadata = fs::metadata(dir).map_err(|error| file_error(FileAction::List, dir, error))?;
     if !metadata.is_dir() {
         return Err(invalid_path(format!(
@@ -45,18 +77,26 @@ fn list_dir(dir: &Path) -> Result<Vec<FileInfo>, ApiError> {
         )));
     }
 
-    let entries = fs::read_dir(dir).map_err(|error| file_error(FileAction::List, dir, error))?;
+    let limits = WalkLimits {
+        max_depth: depth,
+        max_entries: LIST_LIMIT,
+        include_skipped_dirs: true,
+        // The requested depth is not a cut.
+        detect_depth_cut: false,
+    };
     let mut infos = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|error| file_error(FileAction::List, dir, error))?;
-        // An entry removed between reading the directory and this call is skipped.
-        let Ok(metadata) = entry.metadata() else {
-            continue;
-        };
-        infos.push(file_info(&entry.path(), &metadata));
+    let summary = walk(dir, limits, |entry| {
+        infos.push(file_info(&entry.path, &entry.metadata));
+        ControlFlow::Continue(())
+    })
+    .map_err(|error| file_error(FileAction::List, dir, error))?;
+
+    let mut headers = HeaderMap::new();
+    if summary.hit_entry_limit {
+        log_truncated("list", dir, "maxEntries", LIST_LIMIT);
+        headers = truncation_headers("maxEntries", LIST_LIMIT);
     }
-    infos.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(infos)
+    Ok((headers, Json(infos)))
 }
 
 /// Describes one path, following a symbolic link to its target.

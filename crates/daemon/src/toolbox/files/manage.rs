@@ -48,7 +48,7 @@ pub async fn create_folder(
     Ok(StatusCode::CREATED)
 }
 
-fn parse_mode(mode: &str) -> Result<u32, ApiError> {
+pub(super) fn parse_mode(mode: &str) -> Result<u32, ApiError> {
     u32::from_str_radix(mode, 8)
         .ok()
         .filter(|mode| *mode <= 0o7777)

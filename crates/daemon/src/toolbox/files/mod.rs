@@ -1,20 +1,29 @@
-//! `/files/*`: listing, inspecting, creating, deleting, uploading and downloading files.
+//! `/files/*`: listing, inspecting, creating, deleting, moving, searching, uploading and
+//! downloading files.
 //!
 //! Relative paths are relative to the work directory. Files and directories the daemon creates
-//! belong to the sandbox user.
+//! belong to the sandbox user. Results that a limit cuts short (listings, searches) carry the
+//! headers `X-Daytona-Truncated: true` and `X-Daytona-Truncated-Limit`.
 
 mod download;
 mod info;
 mod manage;
+mod move_file;
+mod permissions;
+mod replace;
+mod search;
 mod upload;
+mod walk;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::error::ApiError;
 use super::state::Toolbox;
@@ -28,6 +37,55 @@ pub fn routes() -> OpenApiRouter<Arc<Toolbox>> {
         .routes(routes!(upload::bulk_upload))
         .routes(routes!(download::download))
         .routes(routes!(download::bulk_download))
+        .routes(routes!(upload::upload_v2))
+        .routes(routes!(move_file::move_file))
+        .routes(routes!(permissions::set_permissions))
+        .routes(routes!(search::find))
+        .routes(routes!(search::search))
+        .routes(routes!(replace::replace))
+}
+
+/// Header set to `true` on a result that a limit cut short.
+const TRUNCATED_HEADER: &str = "x-daytona-truncated";
+/// Header naming the limit that cut a result, as `name=value`.
+const TRUNCATED_LIMIT_HEADER: &str = "x-daytona-truncated-limit";
+
+/// Minimum time between two log lines about cut results, which clients can cause at will.
+const TRUNCATION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Builds the headers of a result that the limit `name` (whose value is `value`) cut short.
+pub(crate) fn truncation_headers(name: &str, value: usize) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(TRUNCATED_HEADER, HeaderValue::from_static("true"));
+    if let Ok(limit) = HeaderValue::from_str(&format!("{name}={value}")) {
+        headers.insert(TRUNCATED_LIMIT_HEADER, limit);
+    }
+    headers
+}
+
+/// Logs that a limit cut a result, at most once per [`TRUNCATION_LOG_INTERVAL`]; the line
+/// counts the cuts left unlogged since the previous one.
+pub(crate) fn log_truncated(route: &'static str, path: &Path, limit: &'static str, value: usize) {
+    static LAST: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let now = Instant::now();
+    match &mut *last {
+        Some((at, unlogged)) if now.duration_since(*at) < TRUNCATION_LOG_INTERVAL => {
+            *unlogged += 1;
+        }
+        _ => {
+            let unlogged = last.map_or(0, |(_, unlogged)| unlogged);
+            tracing::info!(
+                route,
+                path = %path.display(),
+                limit,
+                value,
+                unlogged,
+                "result cut at a limit"
+            );
+            *last = Some((now, 0));
+        }
+    }
 }
 
 /// Resolves the `path` query parameter of a file route.

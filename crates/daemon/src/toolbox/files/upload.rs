@@ -18,6 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use daytona_wire::ErrorBody;
+use daytona_wire::files::UploadedFile;
 use daytona_wire::toolbox::{FsFileResult, UploadFilesResponse};
 use futures_util::{Stream, StreamExt};
 use multer::{Field, Multipart};
@@ -62,7 +63,65 @@ pub async fn upload(
     request: Request,
 ) -> Result<Json<FsFileResult>, ApiError> {
     let destination = required_path(&toolbox, query.path.as_deref())?;
-    let mut multipart = multipart(request)?;
+    let bytes = write_file_field(&toolbox, &destination, multipart(request)?).await?;
+    Ok(Json(FsFileResult {
+        path: destination.display().to_string(),
+        bytes,
+    }))
+}
+
+/// Uploads one file to `path`, from the multipart field `file`, or from the whole body when
+/// it is not `multipart/form-data`. Signed upload URLs lead here; the API checks the
+/// signature before it forwards the request, so for the toolbox this is an ordinary route.
+/// The write follows the rules of every upload: atomic, through symbolic links, parents
+/// created, new files with mode 0644.
+#[utoipa::path(post, path = "/files/upload-v2", tag = "files", params(("path" = String, Query)),
+    request_body(content_type = "multipart/form-data",
+        description = "One file field named `file`; a body of any other content type is the file's content"),
+    responses((status = 200, body = UploadedFile), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn upload_v2(
+    State(toolbox): State<Arc<Toolbox>>,
+    QueryParams(query): QueryParams<UploadQuery>,
+    request: Request,
+) -> Result<Json<UploadedFile>, ApiError> {
+    let destination = required_path(&toolbox, query.path.as_deref())?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if is_multipart {
+        write_file_field(&toolbox, &destination, multipart(request)?).await?;
+    } else {
+        let body = request.into_body().into_data_stream();
+        write_atomically(&destination, toolbox.file_owner, body)
+            .await
+            .map_err(WriteError::into_api_error)?;
+    }
+
+    let name = destination
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Json(UploadedFile {
+        name,
+        path: query.path.unwrap_or_default(),
+        kind: "file".to_owned(),
+    }))
+}
+
+/// Writes the content of the first field named `file` to `destination`; other fields are
+/// skipped.
+async fn write_file_field(
+    toolbox: &Toolbox,
+    destination: &Path,
+    mut multipart: Multipart<'static>,
+) -> Result<u64, ApiError> {
     loop {
         let field = match next_field(&mut multipart).await {
             Ok(Some(field)) => field,
@@ -76,16 +135,9 @@ pub async fn upload(
         if field.name() != Some("file") {
             continue;
         }
-        let bytes = write_atomically(&destination, toolbox.file_owner, field)
+        return write_atomically(destination, toolbox.file_owner, field)
             .await
-            .map_err(|error| match error {
-                WriteError::Destination(error) => error,
-                WriteError::Body(message) => ApiError::bad_request(message),
-            })?;
-        return Ok(Json(FsFileResult {
-            path: destination.display().to_string(),
-            bytes,
-        }));
+            .map_err(WriteError::into_api_error);
     }
 }
 
@@ -315,6 +367,15 @@ enum WriteError {
     Body(String),
 }
 
+impl WriteError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            Self::Destination(error) => error,
+            Self::Body(message) => ApiError::bad_request(message),
+        }
+    }
+}
+
 /// Writes a stream of bytes to `destination` atomically and returns the number of bytes.
 ///
 /// A symbolic link at the destination is followed, even when dangling, and its target is
@@ -385,7 +446,7 @@ fn prepare_destination(
 }
 
 /// Follows symbolic links at the last component of `path`, including a dangling last link.
-fn resolve_symlinks(path: &Path) -> io::Result<PathBuf> {
+pub(super) fn resolve_symlinks(path: &Path) -> io::Result<PathBuf> {
     let mut current = path.to_owned();
     for _ in 0..MAX_SYMLINK_HOPS {
         match fs::symlink_metadata(&current) {
@@ -439,14 +500,21 @@ where
     Ok(bytes)
 }
 
-/// A temporary file of an upload in progress; removed when dropped unless committed.
-struct TempFile {
+/// A temporary file of a write in progress (an upload, a replace); removed when dropped
+/// unless committed.
+pub(super) struct TempFile {
     path: PathBuf,
     committed: bool,
 }
 
 impl TempFile {
     fn create(dir: &Path) -> io::Result<(Self, tokio::fs::File)> {
+        let (temp, file) = Self::create_std(dir)?;
+        Ok((temp, tokio::fs::File::from_std(file)))
+    }
+
+    /// Creates an empty file, readable and writable by its owner only, in `dir`.
+    pub(super) fn create_std(dir: &Path) -> io::Result<(Self, fs::File)> {
         let path = dir.join(format!(
             "{TEMP_PREFIX}{}.tmp",
             uuid::Uuid::new_v4().simple()
@@ -460,11 +528,15 @@ impl TempFile {
             path,
             committed: false,
         };
-        Ok((temp, tokio::fs::File::from_std(file)))
+        Ok((temp, file))
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Renames the file over `target`.
-    fn commit(mut self, target: &Path) -> io::Result<()> {
+    pub(super) fn commit(mut self, target: &Path) -> io::Result<()> {
         fs::rename(&self.path, target)?;
         self.committed = true;
         Ok(())

@@ -3,6 +3,10 @@
 //!
 //! The code goes to a file in `/tmp` (removed afterwards), not to the interpreter's standard
 //! input, so the program's standard input stays its own.
+//!
+//! TypeScript runs without network access at run time: esbuild strips the types and node runs
+//! the result (about 0.1 s), or else tsx, ts-node, or a Node.js that strips types itself.
+//! `npx` is never used, because it may download packages.
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -56,12 +60,11 @@ pub async fn code_run(
             request.language
         )),
         Some(runner) => {
-            let script = CodeFile::create(language, &request.code, toolbox.file_owner)?;
-            let mut args = runner.args;
-            args.push(script.path.clone().into());
+            let mut script = CodeFile::create(language, &request.code, toolbox.file_owner)?;
+            let (program, mut args) = runner.command(&mut script);
             args.extend(request.argv.into_iter().flatten().map(OsString::from));
             let spec = CommandSpec {
-                program: runner.program,
+                program,
                 args,
                 env,
                 cwd: toolbox.work_dir.clone(),
@@ -106,11 +109,68 @@ fn file_extension(language: CodeLanguage) -> &'static str {
     }
 }
 
-/// The interpreter of a code file: the file's path is appended to `args`.
+/// Shell script that runs TypeScript with esbuild and node. Arguments: esbuild, node, the code
+/// file, the output path without extension, then the program's own arguments. CommonJS output
+/// comes first, as ts-node would run the code, so that `require` and `__dirname` work. Code
+/// that CommonJS cannot express (top-level `await`, `import.meta`) runs as an ES module.
+const ESBUILD_SCRIPT: &str = r#"esbuild="$1" node="$2" source="$3" output="$4"
+shift 4
+options="--platform=node --sourcemap=inline --log-level=error"
+if "$esbuild" "$source" --outfile="$output.cjs" --format=cjs $options --log-override:empty-import-meta=error 2>/dev/null; then
+    exec "$node" --enable-source-maps "$output.cjs" "$@"
+fi
+"$esbuild" "$source" --outfile="$output.mjs" --format=esm $options || exit
+exec "$node" --enable-source-maps "$output.mjs" "$@"
+"#;
+
+/// The programs that run a code file.
 #[derive(Debug)]
-struct Runner {
-    program: PathBuf,
-    args: Vec<OsString>,
+enum Runner {
+    /// An interpreter that takes the code file's path after `args`.
+    Interpreter {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
+    /// esbuild and node, run by a shell with [`ESBUILD_SCRIPT`].
+    Esbuild {
+        shell: PathBuf,
+        esbuild: PathBuf,
+        node: PathBuf,
+    },
+}
+
+impl Runner {
+    /// Returns the program and the arguments that run `script`, before the program's own
+    /// arguments; records the files the run will write next to it.
+    fn command(self, script: &mut CodeFile) -> (PathBuf, Vec<OsString>) {
+        match self {
+            Self::Interpreter { program, mut args } => {
+                args.push(script.path.clone().into());
+                (program, args)
+            }
+            Self::Esbuild {
+                shell,
+                esbuild,
+                node,
+            } => {
+                let output = script.path.with_extension("");
+                script.outputs = ["cjs", "mjs"]
+                    .iter()
+                    .map(|extension| output.with_extension(extension))
+                    .collect();
+                let args = vec![
+                    "-c".into(),
+                    ESBUILD_SCRIPT.into(),
+                    "daytona-typescript".into(),
+                    esbuild.into(),
+                    node.into(),
+                    script.path.clone().into(),
+                    output.into(),
+                ];
+                (shell, args)
+            }
+        }
+    }
 }
 
 /// Finds the interpreter in the command's `PATH`. `Ok(None)` when Python or Node.js is
@@ -121,49 +181,66 @@ async fn find_runner(
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<Option<Runner>, ApiError> {
     let path_var = env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
-    let runner = |program: PathBuf, args: &[&str]| Runner {
-        program,
-        args: args.iter().map(OsString::from).collect(),
-    };
     match language {
-        CodeLanguage::Python => Ok(find_in_path("python3", path_var).map(|p| runner(p, &["-u"]))),
-        CodeLanguage::Javascript => Ok(find_in_path("node", path_var).map(|p| runner(p, &[]))),
+        CodeLanguage::Python => {
+            Ok(find_in_path("python3", path_var).map(|p| interpreter(p, &["-u"])))
+        }
+        CodeLanguage::Javascript => Ok(find_in_path("node", path_var).map(|p| interpreter(p, &[]))),
         CodeLanguage::Typescript => find_typescript_runner(toolbox, env, path_var)
             .await
-            .map(|(program, args)| Some(runner(program, args)))
+            .map(Some)
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "BAD_REQUEST",
-                    "no TypeScript runner installed: install tsx (npm install -g tsx) or \
-                     ts-node, or Node.js 22.6 or newer, in the image",
+                    "no TypeScript runner installed: install esbuild (npm install -g esbuild) \
+                     or tsx with Node.js, or Node.js 22.6 or newer, in the image",
                 )
             }),
     }
 }
 
-/// Finds a TypeScript runner that needs no network: tsx, ts-node, or a Node.js that strips
-/// types itself. `npx` is never used, because it may download packages.
+fn interpreter(program: PathBuf, args: &[&str]) -> Runner {
+    Runner::Interpreter {
+        program,
+        args: args.iter().map(OsString::from).collect(),
+    }
+}
+
+/// Finds a TypeScript runner that needs no network, fastest first: esbuild with node, tsx,
+/// ts-node, or a Node.js that strips types itself.
 async fn find_typescript_runner(
     toolbox: &Toolbox,
     env: &std::collections::BTreeMap<String, String>,
     path_var: &str,
-) -> Option<(PathBuf, &'static [&'static str])> {
+) -> Option<Runner> {
+    let node = find_in_path("node", path_var);
+    if let (Some(esbuild), Some(node), Some(shell)) =
+        (find_in_path("esbuild", path_var), &node, &toolbox.shell)
+    {
+        return Some(Runner::Esbuild {
+            shell: shell.clone(),
+            esbuild,
+            node: node.clone(),
+        });
+    }
     if let Some(tsx) = find_in_path("tsx", path_var) {
-        return Some((tsx, &[]));
+        return Some(interpreter(tsx, &[]));
     }
     if let Some(ts_node) = find_in_path("ts-node", path_var) {
-        return Some((ts_node, &["--transpile-only"]));
+        return Some(interpreter(ts_node, &["--transpile-only"]));
     }
-    let node = find_in_path("node", path_var)?;
+    let node = node?;
     let version = probe_node_version(toolbox, &node, env).await?;
-    (version >= NODE_STRIP_TYPES_VERSION).then_some((
-        node,
-        &[
-            "--experimental-strip-types",
-            "--disable-warning=ExperimentalWarning",
-        ],
-    ))
+    (version >= NODE_STRIP_TYPES_VERSION).then(|| {
+        interpreter(
+            node,
+            &[
+                "--experimental-strip-types",
+                "--disable-warning=ExperimentalWarning",
+            ],
+        )
+    })
 }
 
 /// Runs `node --version` as a workload: the binary comes from the user's `PATH`, so it must
@@ -199,9 +276,12 @@ fn parse_node_version(text: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-/// A code file in `/tmp` that belongs to the sandbox user; removed when dropped.
+/// A code file in `/tmp` that belongs to the sandbox user; removed when dropped, with the
+/// files the run wrote next to it.
 struct CodeFile {
     path: PathBuf,
+    /// Files the runner may write, such as esbuild's output.
+    outputs: Vec<PathBuf>,
 }
 
 impl CodeFile {
@@ -229,7 +309,10 @@ impl CodeFile {
             .mode(0o600)
             .open(&path)
             .map_err(write_failed)?;
-        let code_file = Self { path };
+        let code_file = Self {
+            path,
+            outputs: Vec::new(),
+        };
         if let Some((uid, gid)) = owner {
             fchown(&file, Some(uid), Some(gid)).map_err(write_failed)?;
         }
@@ -242,6 +325,14 @@ impl Drop for CodeFile {
     fn drop(&mut self) {
         if let Err(error) = fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), %error, "failed to remove a code file");
+        }
+        for output in &self.outputs {
+            match fs::remove_file(output) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %output.display(), %error, "failed to remove a code output");
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -11,8 +11,8 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use daytona_isolation::launcher::Identity;
-pub use daytona_isolation::launcher::{LaunchError, SessionMode, SpawnRequest, Workload};
 use daytona_isolation::launcher::LauncherClient;
+pub use daytona_isolation::launcher::{LaunchError, SessionMode, SpawnRequest, Workload};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;

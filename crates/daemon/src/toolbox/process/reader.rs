@@ -42,9 +42,23 @@ const PACKETS_PER_ROUND: usize = 256;
 /// blocks less often. `/proc/sys/fs/pipe-max-size` allows 1 MiB to any process by default.
 const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
 
+/// Where the reading thread puts the output, in write order.
+pub trait OutputSink: Send + 'static {
+    fn push(&mut self, stream: Stream, bytes: &[u8]);
+}
+
+impl OutputSink for CapturedOutput {
+    fn push(&mut self, stream: Stream, bytes: &[u8]) {
+        match stream {
+            Stream::Stdout => self.push_stdout(bytes),
+            Stream::Stderr => self.push_stderr(bytes),
+        }
+    }
+}
+
 /// The thread that reads a command's output, seen from the async side.
-pub struct OutputReader {
-    output: oneshot::Receiver<CapturedOutput>,
+pub struct OutputReader<S = CapturedOutput> {
+    output: oneshot::Receiver<S>,
     /// Closing this pipe makes the thread hand over the output read so far.
     detach: Option<OwnedFd>,
 }
@@ -58,6 +72,22 @@ pub struct OutputPipes {
 impl OutputReader {
     /// Creates the output pipes and starts the thread that reads them.
     pub fn start(output_limit: usize) -> io::Result<(Self, OutputPipes)> {
+        Self::start_with(CapturedOutput::new(output_limit))
+    }
+
+    /// Waits for both pipes to close, but at most `grace`: background processes may keep them
+    /// open long after the command ended. Their later output is read and discarded, so that
+    /// they neither block on a full pipe nor die of SIGPIPE.
+    pub async fn finish(self, grace: Duration) -> CapturedOutput {
+        self.finish_sink(grace)
+            .await
+            .unwrap_or_else(|| CapturedOutput::new(0))
+    }
+}
+
+impl<S: OutputSink> OutputReader<S> {
+    /// Creates the output pipes and starts the thread that reads them into `sink`.
+    pub fn start_with(sink: S) -> io::Result<(Self, OutputPipes)> {
         let (stdout_read, stdout_write) = output_pipe()?;
         let (stderr_read, stderr_write) = output_pipe()?;
         let (detach_read, detach_write) = pipe2(OFlag::O_CLOEXEC)?;
@@ -71,7 +101,7 @@ impl OutputReader {
             stderr: Some(stderr),
             detach: Some(detach_read),
             interleaver: Interleaver::default(),
-            output: Some(CapturedOutput::new(output_limit)),
+            output: Some(sink),
             sender: Some(sender),
         };
         std::thread::Builder::new()
@@ -89,15 +119,14 @@ impl OutputReader {
         Ok((reader, pipes))
     }
 
-    /// Waits for both pipes to close, but at most `grace`: background processes may keep them
-    /// open long after the command ended. Their later output is read and discarded, so that
-    /// they neither block on a full pipe nor die of SIGPIPE.
-    pub async fn finish(mut self, grace: Duration) -> CapturedOutput {
+    /// Like [`OutputReader::finish`], for any sink; `None` if the thread failed to hand it
+    /// over.
+    pub async fn finish_sink(mut self, grace: Duration) -> Option<S> {
         if let Ok(Ok(output)) = tokio::time::timeout(grace, &mut self.output).await {
-            return output;
+            return Some(output);
         }
         self.detach.take();
-        self.output.await.unwrap_or_else(|_| CapturedOutput::new(0))
+        self.output.await.ok()
     }
 }
 
@@ -167,7 +196,7 @@ impl WriteOrder {
 }
 
 /// State of the reading thread.
-struct ReaderThread {
+struct ReaderThread<S> {
     /// A pipe is `None` once it reached end of file.
     stdout: Option<File>,
     stderr: Option<File>,
@@ -177,8 +206,8 @@ struct ReaderThread {
     order: Option<WriteOrder>,
     interleaver: Interleaver,
     /// `None` once handed to the owner; later output is discarded.
-    output: Option<CapturedOutput>,
-    sender: Option<oneshot::Sender<CapturedOutput>>,
+    output: Option<S>,
+    sender: Option<oneshot::Sender<S>>,
 }
 
 /// Result of one `poll(2)`.
@@ -188,7 +217,7 @@ struct Readiness {
     detach: bool,
 }
 
-impl ReaderThread {
+impl<S: OutputSink> ReaderThread<S> {
     fn run(mut self) {
         let mut buffer = vec![0; READ_CHUNK];
         while self.stdout.is_some() || self.stderr.is_some() {
@@ -318,11 +347,8 @@ impl ReaderThread {
     }
 }
 
-fn push(output: &mut Option<CapturedOutput>, stream: Stream, bytes: &[u8]) {
+fn push<S: OutputSink>(output: &mut Option<S>, stream: Stream, bytes: &[u8]) {
     if let Some(output) = output {
-        match stream {
-            Stream::Stdout => output.push_stdout(bytes),
-            Stream::Stderr => output.push_stderr(bytes),
-        }
+        output.push(stream, bytes);
     }
 }
