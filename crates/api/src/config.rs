@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Settings of `daytona server`.
 #[derive(Debug, Clone)]
@@ -22,6 +23,23 @@ pub struct ServerConfig {
     pub limits: SandboxLimits,
     /// How many started sandboxes of the default snapshot wait for the next creates.
     pub warm_pool_size: usize,
+    pub lifecycle: LifecycleConfig,
+    /// Limits of organizations that have none of their own.
+    pub organization_limits: OrganizationLimits,
+    /// How often the CPU and memory use of started sandboxes is sampled for
+    /// `GET /sandbox/{id}/telemetry/metrics`.
+    pub metrics_interval: Duration,
+}
+
+/// Limits on what one organization's sandboxes hold at once; 0 is no limit. Started and
+/// stopping sandboxes count, and so do creates and starts in progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrganizationLimits {
+    pub max_sandboxes: i64,
+    /// vCPUs.
+    pub total_cpu: i64,
+    /// GiB.
+    pub total_memory: i64,
 }
 
 /// Defaults and maxima of sandbox resources, per sandbox.
@@ -69,3 +87,27 @@ pub const DEFAULT_ORGANIZATION: &str = "default";
 pub const DEFAULT_AUTO_STOP_MINUTES: i64 = 15;
 pub const DEFAULT_AUTO_ARCHIVE_MINUTES: i64 = 10080;
 pub const DEFAULT_AUTO_DELETE_MINUTES: i64 = -1;
+
+/// Timing of the sandbox lifecycle.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// Maximum time a sandbox may stay `creating`, `starting` or `stopping`. After it the
+    /// sandbox goes to `error`, with a warning in the log.
+    pub transition_timeout: Duration,
+    /// Real length of one minute of the auto-stop, auto-delete and TTL intervals. One minute,
+    /// except in tests, which shrink it so that intervals of a few "minutes" pass in seconds.
+    pub minute: Duration,
+    /// Test aid, honoured by debug builds only: while this file exists, sandbox starts (other
+    /// than the warm pool's) wait, which keeps a sandbox in `starting`.
+    pub hang_start_file: Option<PathBuf>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            transition_timeout: Duration::from_secs(60),
+            minute: Duration::from_secs(60),
+            hang_start_file: None,
+        }
+    }
+}

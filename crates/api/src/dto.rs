@@ -47,7 +47,7 @@ pub fn sandbox(state: &Shared, record: &SandboxRecord) -> Sandbox {
         auto_pause_interval: record.auto_pause_interval,
         auto_archive_interval: record.auto_archive_interval,
         auto_delete_interval: record.auto_delete_interval,
-        auto_destroy_at: None,
+        auto_destroy_at: record.auto_destroy_at.clone(),
         queue_timeout: None,
         volumes: record.volumes.clone(),
         build_info: None,

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use daytona_wire::{ErrorBody, ErrorSource};
@@ -20,6 +20,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     internal: Option<anyhow::Error>,
+    /// Extra response headers, such as `Retry-After` on a 429.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -29,7 +31,14 @@ impl ApiError {
             code,
             message: message.into(),
             internal: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to the error response.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -67,7 +76,19 @@ impl ApiError {
             code: "INTERNAL_SERVER_ERROR",
             message: message.into(),
             internal: Some(error.into()),
+            headers: Vec::new(),
         }
+    }
+}
+
+/// The message, and the internal error's chain when there is one; for logs.
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(internal) = &self.internal {
+            write!(f, ": {internal:#}")?;
+        }
+        Ok(())
     }
 }
 
@@ -106,6 +127,7 @@ impl IntoResponse for ApiError {
             output: None,
         };
         let mut response = (self.status, Json(body.clone())).into_response();
+        response.headers_mut().extend(self.headers);
         response.extensions_mut().insert(PendingErrorBody(body));
         response
     }

@@ -8,14 +8,21 @@ mod dto;
 mod error;
 mod events;
 mod json;
+mod lifecycle;
+mod listener;
 mod quota;
 mod routes;
 mod server;
+mod signing;
+mod socketio;
 mod state;
 pub mod store;
+mod telemetry;
 
-pub use config::{SandboxLimits, ServerConfig};
+pub use config::{LifecycleConfig, OrganizationLimits, SandboxLimits, ServerConfig};
 pub use server::run;
 
+#[cfg(test)]
+mod orgs_tests;
 #[cfg(test)]
 mod tests;

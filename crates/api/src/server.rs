@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use daytona_images::ImageStore;
-use daytona_runner::{Limits, PoolTemplate, Runner, RunnerConfig, SandboxRuntimeState};
-use daytona_wire::api::{SandboxState, SnapshotState};
+use daytona_runner::{Limits, PoolTemplate, Runner, RunnerConfig};
+use daytona_wire::api::SnapshotState;
 
 use crate::auth;
 use crate::config::{DEFAULT_ORGANIZATION, DEFAULT_USER, ServerConfig};
+use crate::lifecycle;
+use crate::listener;
 use crate::routes;
-use crate::state::{AppState, Shared, ToolboxRoute};
+use crate::state::{AppState, Shared};
 use crate::store::{ApiKeyRecord, SnapshotRecord, Store};
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -29,6 +31,9 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
+    // One server per data directory: a second one would adopt, and destroy, the first one's
+    // sandboxes. The lock lasts as long as the process.
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let sandboxes_dir = config.data_dir.join("sandboxes");
     check_socket_path_length(&sandboxes_dir)?;
 
@@ -46,26 +51,49 @@ pub async fn run(
             sandboxes_dir,
             daemon_binary: config.daemon_binary.clone(),
             warm_pool_size: config.warm_pool_size,
+            hang_start_file: config.lifecycle.hang_start_file.clone(),
         })
         .await?,
     );
 
     let listen = config.listen;
     let state: AppState = Arc::new(Shared::new(config, store, runner));
-    reconcile_sandboxes(&state).await?;
+    lifecycle::reconcile_after_restart(&state).await?;
+    tokio::spawn(lifecycle::run_reconciler(state.clone()));
     tokio::spawn(prepare_default_snapshot(state.clone(), images));
+    tokio::spawn(crate::telemetry::run_sampler(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
     tracing::info!(address = %listen, "API server listening");
-    axum::serve(listener, routes::router(state.clone()))
-        .with_graceful_shutdown(shutdown)
+    listener::serve(listener, routes::router(state.clone()), shutdown)
         .await
         .context("the HTTP server failed")?;
     state.runner.drain_pool().await;
     tracing::info!("API server stopped; running sandboxes keep running");
     Ok(())
+}
+
+/// Takes the data directory's lock file, or fails if another server holds it.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("server.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another daytona server is running with the data directory {}; stop it first, or pass another --data-dir",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("failed to lock {}", path.display()))
+        }
+    }
 }
 
 /// Refuses a data directory so deep that toolbox socket paths would not fit a socket address.
@@ -101,6 +129,8 @@ async fn seed_admin_key(store: &Store, config: &ServerConfig) -> anyhow::Result<
         created_at: daytona_wire::now_rfc3339(),
         last_used_at: None,
         revoked_at: None,
+        permissions: None,
+        expires_at: None,
     };
 
     if let Some(key) = &config.admin_api_key {
@@ -132,62 +162,6 @@ async fn seed_admin_key(store: &Store, config: &ServerConfig) -> anyhow::Result<
         "\nAn admin API key was generated. It is shown only this once and stored hashed; keep it now:\n\n    export DAYTONA_API_URL={}/api\n    export DAYTONA_API_KEY={key}\n",
         config.public_url
     );
-    Ok(())
-}
-
-/// Brings the store in line with the runner after a start: sandboxes that kept running are
-/// adopted, those whose processes are gone are stopped, and half-created or half-deleted ones
-/// are removed.
-async fn reconcile_sandboxes(state: &AppState) -> anyhow::Result<()> {
-    let records = state.store.all_sandboxes().await?;
-    let mut known = std::collections::HashSet::new();
-    for record in records {
-        known.insert(record.id.clone());
-        match record.state {
-            SandboxState::Creating | SandboxState::Destroying => {
-                tracing::info!(sandbox_id = %record.id, state = %record.state, "removing a sandbox the server stopped in the middle of");
-                state.runner.destroy(&record.id).await?;
-                state.store.delete_sandbox(&record.id).await?;
-            }
-            _ => {
-                let running = matches!(
-                    state.runner.state(&record.id).await,
-                    Ok(SandboxRuntimeState::Running)
-                );
-                if running {
-                    if record.state != SandboxState::Started {
-                        state
-                            .store
-                            .set_sandbox_state(&record.id, SandboxState::Started, None)
-                            .await?;
-                    }
-                    let socket = state.runner.toolbox_socket(&record.id)?;
-                    state.add_route(
-                        &record.id,
-                        ToolboxRoute {
-                            organization_id: record.organization_id.clone(),
-                            socket,
-                        },
-                    );
-                } else if record.state != SandboxState::Stopped
-                    && record.state != SandboxState::Error
-                {
-                    tracing::info!(sandbox_id = %record.id, "sandbox is no longer running; marking it stopped");
-                    state.runner.stop(&record.id).await.ok();
-                    state
-                        .store
-                        .set_sandbox_state(&record.id, SandboxState::Stopped, None)
-                        .await?;
-                }
-            }
-        }
-    }
-    for sandbox_id in state.runner.sandbox_ids() {
-        if !known.contains(&sandbox_id) {
-            tracing::warn!(sandbox_id, "destroying a sandbox the store does not know");
-            state.runner.destroy(&sandbox_id).await?;
-        }
-    }
     Ok(())
 }
 

@@ -10,8 +10,11 @@ use daytona_runner::Runner;
 use crate::auth::KeyCache;
 use crate::config::ServerConfig;
 use crate::events::Events;
+use crate::lifecycle::Lifecycle;
 use crate::quota::Quotas;
+use crate::signing::Signing;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 /// Shared state; cheap to clone.
 pub type AppState = Arc<Shared>;
@@ -30,6 +33,10 @@ pub struct Shared {
     pub keys: KeyCache,
     pub events: Events,
     pub quotas: Quotas,
+    pub lifecycle: Lifecycle,
+    pub signing: Signing,
+    /// CPU and memory samples of the sandboxes.
+    pub telemetry: Telemetry,
     /// Unpacked layers of each usable snapshot image, by snapshot name.
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
@@ -41,12 +48,15 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: ServerConfig, store: Store, runner: Arc<Runner>) -> Self {
         Self {
+            lifecycle: Lifecycle::new(config.lifecycle.clone()),
             config,
             store,
             runner,
             keys: KeyCache::default(),
             events: Events::default(),
             quotas: Quotas::default(),
+            signing: Signing::default(),
+            telemetry: Telemetry::default(),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),

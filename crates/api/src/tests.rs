@@ -10,19 +10,35 @@ use daytona_wire::api::SnapshotState;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::config::{SandboxLimits, ServerConfig};
+use crate::config::{LifecycleConfig, SandboxLimits, ServerConfig};
 use crate::state::{AppState, Shared};
 use crate::store::{SandboxRecord, SnapshotRecord, Store};
 use crate::{auth, routes};
 
-const KEY: &str = "dtn_test_key_0123456789";
+pub(crate) const KEY: &str = "dtn_test_key_0123456789";
 
-struct Harness {
-    state: AppState,
+pub(crate) struct Harness {
+    pub(crate) state: AppState,
     _dir: tempfile::TempDir,
 }
 
+impl Harness {
+    /// Another handle on the same server, for requests from concurrent tasks.
+    pub(crate) fn from_state(state: AppState) -> Self {
+        Self {
+            state,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
 async fn harness() -> Harness {
+    harness_with(LifecycleConfig::default()).await
+}
+
+/// A router over a fresh store and a runner whose daemon binary is `/bin/true`, so that every
+/// sandbox start fails in the runtime.
+pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&dir.path().join("daytona.db"))
         .await
@@ -39,6 +55,8 @@ async fn harness() -> Harness {
                 created_at: daytona_wire::now_rfc3339(),
                 last_used_at: None,
                 revoked_at: None,
+                permissions: None,
+                expires_at: None,
             },
             &auth::hash_key(KEY),
         )
@@ -49,6 +67,7 @@ async fn harness() -> Harness {
         sandboxes_dir: dir.path().join("sandboxes"),
         daemon_binary: "/bin/true".into(),
         warm_pool_size: 0,
+        hang_start_file: lifecycle.hang_start_file.clone(),
     })
     .await
     .unwrap();
@@ -61,6 +80,9 @@ async fn harness() -> Harness {
         admin_api_key: None,
         limits: SandboxLimits::default(),
         warm_pool_size: 0,
+        lifecycle,
+        organization_limits: Default::default(),
+        metrics_interval: std::time::Duration::from_secs(10),
     };
     let state: AppState = Arc::new(Shared::new(config, store, Arc::new(runner)));
     let now = daytona_wire::now_rfc3339();
@@ -95,7 +117,7 @@ async fn harness() -> Harness {
     Harness { state, _dir: dir }
 }
 
-async fn call(
+pub(crate) async fn call(
     harness: &Harness,
     method: &str,
     path: &str,
@@ -122,7 +144,7 @@ async fn call(
     (status, value)
 }
 
-fn assert_error(body: &Value, status: StatusCode, code: &str, path: &str) {
+pub(crate) fn assert_error(body: &Value, status: StatusCode, code: &str, path: &str) {
     assert_eq!(body["statusCode"], status.as_u16());
     assert_eq!(body["code"], code);
     assert_eq!(body["source"], "DAYTONA_API");
@@ -132,7 +154,7 @@ fn assert_error(body: &Value, status: StatusCode, code: &str, path: &str) {
     assert!(body["method"].is_string());
 }
 
-fn sandbox_record(
+pub(crate) fn sandbox_record(
     state: &AppState,
     organization_id: &str,
     name: &str,
@@ -167,6 +189,8 @@ fn sandbox_record(
         created_at: created_at.into(),
         updated_at: created_at.into(),
         last_activity_at: None,
+        auto_destroy_at: None,
+        state_changed_at: Some(created_at.into()),
     }
 }
 
@@ -277,7 +301,7 @@ async fn unknown_snapshot_is_404() {
 }
 
 #[tokio::test]
-async fn failed_create_leaves_nothing() {
+async fn failed_start_leaves_error_until_delete() {
     let harness = harness().await;
     let (status, body) = call(
         &harness,
@@ -287,16 +311,32 @@ async fn failed_create_leaves_nothing() {
         Some(KEY),
     )
     .await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-    assert_error(&body, status, "INTERNAL_SERVER_ERROR", "/api/sandbox");
-    assert!(body["requestId"].is_string());
+    // The start fails in the runtime: the sandbox is kept in `error`, with its files, so that
+    // it can be recovered or deleted.
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "error");
+    assert!(
+        body["errorReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed to start"))
+    );
+    assert_eq!(body["recoverable"], true);
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        harness.state.runner.sandbox_ids(),
+        std::slice::from_ref(&id)
+    );
+
+    let (status, body) = call(&harness, "DELETE", "/api/sandbox/doomed", None, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "destroyed");
     let (_, list) = call(&harness, "GET", "/api/sandbox", None, Some(KEY)).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
     assert!(harness.state.runner.sandbox_ids().is_empty());
     let sandboxes_dir = harness.state.config.data_dir.join("sandboxes");
     assert_eq!(std::fs::read_dir(sandboxes_dir).unwrap().count(), 0);
     // The name is free again.
-    let (status, _) = call(
+    let (status, body) = call(
         &harness,
         "POST",
         "/api/sandbox",
@@ -304,7 +344,8 @@ async fn failed_create_leaves_nothing() {
         Some(KEY),
     )
     .await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(body["id"], id.as_str());
 }
 
 #[tokio::test]

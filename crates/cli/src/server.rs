@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use daytona_api::{SandboxLimits, ServerConfig};
+use daytona_api::{LifecycleConfig, OrganizationLimits, SandboxLimits, ServerConfig};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -38,6 +39,59 @@ pub struct ServerArgs {
     /// takes one instead of starting a sandbox (0 disables the warm pool).
     #[arg(long, env = "DAYTONA_WARM_POOL_SIZE", default_value_t = 2)]
     warm_pool_size: usize,
+
+    /// Seconds a sandbox may stay creating, starting or stopping; after that it goes to
+    /// the error state, which frees its CPU and memory.
+    #[arg(long, env = "DAYTONA_TRANSITION_TIMEOUT", default_value_t = 60, value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..))]
+    transition_timeout: u64,
+
+    /// Testing aid: real seconds that one minute of the auto-stop, auto-delete and TTL
+    /// intervals lasts, so that tests of those timers take seconds. Keep 60 otherwise.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..))]
+    lifecycle_minute: u64,
+
+    /// Most sandboxes one organization may have started at once, creates and starts in
+    /// progress included (0 for no limit). The admin can set another limit per organization.
+    #[arg(
+        long,
+        env = "DAYTONA_ORG_MAX_SANDBOXES",
+        default_value_t = 0,
+        value_name = "COUNT"
+    )]
+    org_max_sandboxes: u32,
+
+    /// Most vCPUs one organization's started sandboxes may have in total (0 for no limit).
+    #[arg(
+        long,
+        env = "DAYTONA_ORG_MAX_CPU",
+        default_value_t = 0,
+        value_name = "VCPUS"
+    )]
+    org_max_cpu: u32,
+
+    /// Most memory one organization's started sandboxes may have in total, in GiB (0 for no
+    /// limit).
+    #[arg(
+        long,
+        env = "DAYTONA_ORG_MAX_MEMORY",
+        default_value_t = 0,
+        value_name = "GIB"
+    )]
+    org_max_memory: u32,
+
+    /// Seconds between two samples of the CPU and memory use of started sandboxes, which
+    /// `get_metrics` returns.
+    #[arg(long, env = "DAYTONA_METRICS_INTERVAL", default_value_t = 10, value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_interval: u64,
+
+    /// Testing aid of debug builds: while this file exists, sandbox starts (other than the
+    /// warm pool's) wait, which keeps a sandbox in the starting state.
+    #[cfg(debug_assertions)]
+    #[arg(long, value_name = "FILE")]
+    test_hang_start_file: Option<PathBuf>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -156,6 +210,20 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             .filter(|k| !k.is_empty()),
         limits: SandboxLimits::default(),
         warm_pool_size: args.warm_pool_size,
+        lifecycle: LifecycleConfig {
+            transition_timeout: Duration::from_secs(args.transition_timeout),
+            minute: Duration::from_secs(args.lifecycle_minute),
+            #[cfg(debug_assertions)]
+            hang_start_file: args.test_hang_start_file,
+            #[cfg(not(debug_assertions))]
+            hang_start_file: None,
+        },
+        organization_limits: OrganizationLimits {
+            max_sandboxes: i64::from(args.org_max_sandboxes),
+            total_cpu: i64::from(args.org_max_cpu),
+            total_memory: i64::from(args.org_max_memory),
+        },
+        metrics_interval: Duration::from_secs(args.metrics_interval),
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

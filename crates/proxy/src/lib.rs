@@ -6,8 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+use std::any::Any;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -29,6 +31,20 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+}
+
+/// A value that the proxy keeps for as long as the connection of the request it came with
+/// is open, an upgraded (WebSocket) connection included. Callers add it to the request's
+/// extensions to account for open connections; it is dropped when the connection ends.
+#[derive(Clone)]
+pub struct HoldWhileOpen {
+    _held: Arc<dyn Any + Send + Sync>,
+}
+
+impl HoldWhileOpen {
+    pub fn new(value: Arc<dyn Any + Send + Sync>) -> Self {
+        Self { _held: value }
+    }
 }
 
 /// Headers that describe one hop and are not forwarded (RFC 9110, section 7.6.1), apart from
@@ -98,6 +114,7 @@ pub async fn forward(
 
     let upgrade = is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let hold = request.extensions_mut().remove::<HoldWhileOpen>();
 
     let (parts, body) = request.into_parts();
     let mut outbound = Request::builder()
@@ -125,6 +142,7 @@ pub async fn forward(
     {
         let server_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
+            let _hold = hold;
             let (client, server) = match tokio::try_join!(client_upgrade, server_upgrade) {
                 Ok(pair) => pair,
                 Err(error) => {

@@ -1,12 +1,17 @@
 //! Requests the runner itself sends to a sandbox's toolbox over its Unix socket.
 
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+
+/// Maximum time a request to a toolbox may take, so that a toolbox that does not respond
+/// cannot hold a sandbox's operation forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of a request to a sandbox's toolbox.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,8 @@ pub enum DaemonRequestError {
         #[source]
         source: hyper::Error,
     },
+    #[error("the toolbox did not respond to {path} within {timeout:?}")]
+    Timeout { path: String, timeout: Duration },
     #[error("the toolbox answered {path} with {status}: {body}")]
     Status {
         path: String,
@@ -31,8 +38,24 @@ pub enum DaemonRequestError {
     },
 }
 
-/// Sends `POST path` with a JSON body and returns the response body of a 2xx answer.
+/// Sends `POST path` with a JSON body and returns the response body of a 2xx answer, within
+/// [`REQUEST_TIMEOUT`].
 pub async fn post_json(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<Bytes, DaemonRequestError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange(socket, path, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(DaemonRequestError::Timeout {
+                path: path.to_owned(),
+                timeout: REQUEST_TIMEOUT,
+            })
+        })
+}
+
+async fn exchange(
     socket: &Path,
     path: &str,
     body: &serde_json::Value,

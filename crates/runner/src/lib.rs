@@ -2,15 +2,20 @@
 //!
 //! It turns lifecycle requests into isolation-runtime calls, keeps each sandbox's runtime
 //! record on disk beside its files (so a restarted server adopts sandboxes that kept running
-//! and finds the stopped ones), and knows where each sandbox's toolbox socket is.
+//! and finds the stopped ones), finds each sandbox's toolbox socket, and reports
+//! what the sandboxes' workloads use, which drives auto-stop.
 
 #![forbid(unsafe_code)]
 
 mod daemon_client;
 mod instance;
+mod pool;
 mod runner;
 mod runtime;
 mod slots;
+mod usage;
 
 pub use instance::{Limits, SandboxRuntimeState};
-pub use runner::{CreateParams, PoolTemplate, Runner, RunnerConfig, RunnerError};
+pub use pool::PoolTemplate;
+pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError};
+pub use usage::WorkloadUsage;

@@ -1,16 +1,25 @@
 //! The runner's lifecycle operations.
+//!
+//! Operations on one sandbox are serialized by the lock on its runtime record, with one
+//! exception: [`Runner::interrupt`] and [`Runner::destroy`] do not wait for a start that holds
+//! the lock. They cancel it and kill the sandbox's processes, so that a start that hangs cannot
+//! keep a delete, or the API's deadline, waiting.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
 
-use crate::daemon_client::{self, DaemonRequestError};
+use crate::daemon_client::DaemonRequestError;
 use crate::instance::{InstanceDirs, InstanceRecord, Limits, SandboxRuntimeState};
+use crate::pool::Pool;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::slots::Slots;
+use crate::usage::WorkloadUsage;
 
 /// How long a stopping sandbox gets to end its processes after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -42,37 +51,23 @@ pub enum RunnerError {
         #[source]
         source: DaemonRequestError,
     },
+    #[error("the start of sandbox {sandbox_id} was interrupted")]
+    Interrupted { sandbox_id: String },
 }
 
 /// Settings of the runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Directory that holds one subdirectory per sandbox.
+    /// Directory with one subdirectory per sandbox.
     pub sandboxes_dir: PathBuf,
     /// Host path of the static `daytona-daemon` binary.
     pub daemon_binary: PathBuf,
     /// How many started sandboxes wait, unclaimed, for the next creates (0 disables the pool).
     pub warm_pool_size: usize,
-}
-
-/// What the sandboxes of the warm pool are made of; a create with other layers or another
-/// user does not take one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolTemplate {
-    /// Unpacked image layers, lowest first.
-    pub layers: Vec<PathBuf>,
-    pub user: String,
-    pub limits: Limits,
-}
-
-/// The warm pool: started sandboxes that a create takes instead of starting one.
-#[derive(Debug, Default)]
-struct Pool {
-    template: Option<PoolTemplate>,
-    /// Ids of ready sandboxes, oldest first.
-    ready: VecDeque<String>,
-    /// Sandboxes being started for the pool.
-    filling: usize,
+    /// Test aid, honoured by debug builds only: while this file exists, starts of sandboxes
+    /// that are not in the warm pool wait before they start anything, until the file is
+    /// removed or the start is interrupted. Tests use it to hold a sandbox in `starting`.
+    pub hang_start_file: Option<PathBuf>,
 }
 
 /// What a new sandbox is made of.
@@ -86,19 +81,47 @@ pub struct CreateParams {
     pub limits: Limits,
 }
 
-/// A sandbox the runner owns; operations on one sandbox are serialized by its lock.
-struct Instance {
-    dirs: InstanceDirs,
-    record: AsyncMutex<InstanceRecord>,
+/// A sandbox the runner owns.
+pub(crate) struct Instance {
+    pub(crate) dirs: InstanceDirs,
+    /// The runtime record; its lock serializes the operations on the sandbox.
+    pub(crate) record: AsyncMutex<InstanceRecord>,
+    /// Cancelled by [`Runner::interrupt`]; each interrupt installs a fresh token for the next
+    /// operation.
+    interrupt: Mutex<CancellationToken>,
+    /// Set once a destroy began: no operation may start the sandbox again.
+    destroyed: AtomicBool,
+}
+
+impl Instance {
+    fn new(dirs: InstanceDirs, record: InstanceRecord) -> Self {
+        Self {
+            dirs,
+            record: AsyncMutex::new(record),
+            interrupt: Mutex::new(CancellationToken::new()),
+            destroyed: AtomicBool::new(false),
+        }
+    }
+
+    /// The token that the next interrupt cancels.
+    fn interrupt_token(&self) -> CancellationToken {
+        self.interrupt.lock().expect("interrupt lock").clone()
+    }
+
+    /// Cancels the operation in progress and arms a fresh token for the next one.
+    fn interrupt(&self) {
+        let previous = std::mem::take(&mut *self.interrupt.lock().expect("interrupt lock"));
+        previous.cancel();
+    }
 }
 
 /// The sandboxes of this host.
 pub struct Runner {
-    config: RunnerConfig,
-    runtime: Runtime,
+    pub(crate) config: RunnerConfig,
+    pub(crate) runtime: Runtime,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     slots: Mutex<Slots>,
-    pool: Mutex<Pool>,
+    pub(crate) pool: Mutex<Pool>,
 }
 
 impl Runner {
@@ -153,17 +176,14 @@ impl Runner {
                 .lock()
                 .expect("slots lock")
                 .mark_used(record.slot);
-            self.instances.lock().expect("instances lock").insert(
-                sandbox_id,
-                Arc::new(Instance {
-                    dirs,
-                    record: AsyncMutex::new(record),
-                }),
-            );
+            self.instances
+                .lock()
+                .expect("instances lock")
+                .insert(sandbox_id, Arc::new(Instance::new(dirs, record)));
         }
     }
 
-    fn instance(&self, sandbox_id: &str) -> Result<Arc<Instance>, RunnerError> {
+    pub(crate) fn instance(&self, sandbox_id: &str) -> Result<Arc<Instance>, RunnerError> {
         self.instances
             .lock()
             .expect("instances lock")
@@ -186,12 +206,22 @@ impl Runner {
             .collect()
     }
 
-    /// Creates and starts a sandbox. On failure nothing of it is left behind.
-    pub async fn create(&self, params: CreateParams) -> Result<(), RunnerError> {
-        self.create_instance(params, false).await
+    /// Whether the runner has files of the sandbox.
+    pub fn contains(&self, sandbox_id: &str) -> bool {
+        self.instance(sandbox_id).is_ok()
     }
 
-    async fn create_instance(&self, params: CreateParams, pooled: bool) -> Result<(), RunnerError> {
+    /// Gives a new sandbox its uid range, directories and runtime record, without starting
+    /// it. On failure nothing of it is left behind.
+    pub fn prepare(&self, params: CreateParams) -> Result<(), RunnerError> {
+        self.prepare_instance(params, false)
+    }
+
+    pub(crate) fn prepare_instance(
+        &self,
+        params: CreateParams,
+        pooled: bool,
+    ) -> Result<(), RunnerError> {
         let sandbox_id = params.sandbox_id.clone();
         let slot = {
             let mut slots = self.slots.lock().expect("slots lock");
@@ -200,7 +230,7 @@ impl Runner {
             })?
         };
         let dirs = InstanceDirs::new(&self.config.sandboxes_dir, &sandbox_id);
-        let mut record = InstanceRecord {
+        let record = InstanceRecord {
             sandbox_id: sandbox_id.clone(),
             slot,
             layers: params.layers,
@@ -210,52 +240,52 @@ impl Runner {
             process: None,
             pooled,
         };
-
-        let result = self.create_on_disk(&dirs, &mut record).await;
-        if let Err(error) = result {
-            self.runtime.release_cgroup(&sandbox_id);
+        let prepared = std::fs::create_dir_all(&dirs.root)
+            .map_err(|source| RunnerError::Prepare {
+                sandbox_id: sandbox_id.clone(),
+                source,
+            })
+            .and_then(|()| save(&record, &dirs));
+        if let Err(error) = prepared {
             remove_dir(&dirs.root);
             self.slots.lock().expect("slots lock").release(slot);
             return Err(error);
         }
-        self.instances.lock().expect("instances lock").insert(
-            sandbox_id,
-            Arc::new(Instance {
-                dirs,
-                record: AsyncMutex::new(record),
-            }),
-        );
+        self.instances
+            .lock()
+            .expect("instances lock")
+            .insert(sandbox_id, Arc::new(Instance::new(dirs, record)));
         Ok(())
     }
 
-    async fn create_on_disk(
+    /// Prepares and starts a sandbox; on failure it is destroyed again.
+    pub(crate) async fn create_instance(
         &self,
-        dirs: &InstanceDirs,
-        record: &mut InstanceRecord,
+        params: CreateParams,
+        pooled: bool,
     ) -> Result<(), RunnerError> {
-        let prepare_error = |source| RunnerError::Prepare {
-            sandbox_id: record.sandbox_id.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dirs.root).map_err(prepare_error)?;
-        save(record, dirs)?;
-        self.start_process(dirs, record).await
+        let sandbox_id = params.sandbox_id.clone();
+        self.prepare_instance(params, pooled)?;
+        let started = self.start(&sandbox_id).await;
+        if started.is_err() {
+            self.destroy(&sandbox_id).await.ok();
+        }
+        started
     }
 
-    async fn start_process(
-        &self,
-        dirs: &InstanceDirs,
-        record: &mut InstanceRecord,
-    ) -> Result<(), RunnerError> {
-        let process = self.runtime.start(dirs, record).await?;
-        record.process = Some(process);
-        save(record, dirs)
-    }
-
-    /// Starts a stopped sandbox with the files it had.
+    /// Starts a sandbox with the files it has: a prepared one, or a stopped one.
+    ///
+    /// [`Runner::interrupt`] and [`Runner::destroy`] end a start early with
+    /// [`RunnerError::Interrupted`]; whatever it started is stopped again.
     pub async fn start(&self, sandbox_id: &str) -> Result<(), RunnerError> {
         let instance = self.instance(sandbox_id)?;
+        // Taken before the lock, so that an interrupt issued while this start waits for the
+        // lock applies to it.
+        let token = instance.interrupt_token();
         let mut record = instance.record.lock().await;
+        if instance.destroyed.load(Ordering::Acquire) || token.is_cancelled() {
+            return Err(interrupted(sandbox_id));
+        }
         if let Some(process) = &record.process
             && self.runtime.is_running(process)
         {
@@ -263,26 +293,108 @@ impl Runner {
         }
         record.process = None;
         self.runtime.release_cgroup(sandbox_id);
-        self.start_process(&instance.dirs, &mut record).await
+
+        if !record.pooled {
+            self.hang_if_requested(sandbox_id, &token).await?;
+        }
+
+        // The runtime's start is not dropped half-way, which would leave its setup process
+        // unreaped; an interrupt kills the sandbox's processes instead, which ends it.
+        let started = self.runtime.start(&instance.dirs, &record).await;
+        if token.is_cancelled() {
+            if let Ok(process) = &started {
+                self.runtime.stop(process, Duration::ZERO).await;
+            }
+            self.runtime.release_cgroup(sandbox_id);
+            return Err(interrupted(sandbox_id));
+        }
+        record.process = Some(started?);
+        save(&record, &instance.dirs)
     }
 
-    /// Stops a sandbox's processes and releases its cgroups; its files stay.
-    pub async fn stop(&self, sandbox_id: &str) -> Result<(), RunnerError> {
+    /// Test aid of debug builds: waits while [`RunnerConfig::hang_start_file`] exists.
+    #[cfg(debug_assertions)]
+    async fn hang_if_requested(
+        &self,
+        sandbox_id: &str,
+        token: &CancellationToken,
+    ) -> Result<(), RunnerError> {
+        let Some(file) = &self.config.hang_start_file else {
+            return Ok(());
+        };
+        if file.exists() {
+            tracing::warn!(sandbox_id, file = %file.display(), "test aid: the start waits while this file exists");
+        }
+        while file.exists() {
+            tokio::select! {
+                () = token.cancelled() => return Err(interrupted(sandbox_id)),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(debug_assertions))]
+    async fn hang_if_requested(
+        &self,
+        _sandbox_id: &str,
+        _token: &CancellationToken,
+    ) -> Result<(), RunnerError> {
+        Ok(())
+    }
+
+    /// Stops a sandbox's processes and releases its cgroups; its files stay. Without `force`
+    /// the processes get SIGTERM and a short grace time before SIGKILL.
+    pub async fn stop(&self, sandbox_id: &str, force: bool) -> Result<(), RunnerError> {
         let instance = self.instance(sandbox_id)?;
         let mut record = instance.record.lock().await;
+        let grace = if force { Duration::ZERO } else { STOP_GRACE };
         if let Some(process) = record.process.take() {
-            self.runtime.stop(&process, STOP_GRACE).await;
+            self.runtime.stop(&process, grace).await;
         }
         self.runtime.release_cgroup(sandbox_id);
         save(&record, &instance.dirs)
     }
 
-    /// Destroys a sandbox: kills its processes at once, releases its cgroups and removes its
-    /// files. Destroying an unknown sandbox succeeds, so retries are safe.
+    /// Interrupts a start in progress, then kills the sandbox's processes and removes its
+    /// cgroups, which frees its CPU and memory; its files stay, so it can start again.
+    pub async fn release(&self, sandbox_id: &str) -> Result<(), RunnerError> {
+        let instance = self.instance(sandbox_id)?;
+        self.interrupt_instance(sandbox_id, &instance);
+        let mut record = instance.record.lock().await;
+        if let Some(process) = record.process.take() {
+            self.runtime.stop(&process, Duration::ZERO).await;
+        }
+        self.runtime.release_cgroup(sandbox_id);
+        save(&record, &instance.dirs)
+    }
+
+    /// Interrupts a start in progress: it returns [`RunnerError::Interrupted`] promptly and
+    /// leaves nothing running. Without a start in progress this does nothing.
+    pub fn interrupt(&self, sandbox_id: &str) {
+        if let Ok(instance) = self.instance(sandbox_id) {
+            self.interrupt_instance(sandbox_id, &instance);
+        }
+    }
+
+    fn interrupt_instance(&self, sandbox_id: &str, instance: &Instance) {
+        instance.interrupt();
+        // A start blocked in the runtime ends when the processes it waits for die. Without a
+        // start in progress the lock is free, and the caller does the same work under it.
+        if instance.record.try_lock().is_err() {
+            self.runtime.release_cgroup(sandbox_id);
+        }
+    }
+
+    /// Destroys a sandbox: interrupts a start in progress, kills its processes at once,
+    /// releases its cgroups and uid range and removes its files. Destroying an unknown
+    /// sandbox succeeds, so retries are safe.
     pub async fn destroy(&self, sandbox_id: &str) -> Result<(), RunnerError> {
         let Ok(instance) = self.instance(sandbox_id) else {
             return Ok(());
         };
+        instance.destroyed.store(true, Ordering::Release);
+        self.interrupt_instance(sandbox_id, &instance);
         let record = instance.record.lock().await;
         if let Some(process) = &record.process {
             self.runtime.stop(process, Duration::ZERO).await;
@@ -297,160 +409,48 @@ impl Runner {
         Ok(())
     }
 
-    /// Whether a sandbox's processes run.
-    pub async fn state(&self, sandbox_id: &str) -> Result<SandboxRuntimeState, RunnerError> {
-        let instance = self.instance(sandbox_id)?;
-        let record = instance.record.lock().await;
-        Ok(match &record.process {
-            Some(process) if self.runtime.is_running(process) => SandboxRuntimeState::Running,
-            _ => SandboxRuntimeState::Stopped,
-        })
-    }
-
-    /// Sets what the warm pool holds and starts filling it. Sandboxes already pooled with
-    /// another template are destroyed.
-    pub fn configure_pool(self: &Arc<Self>, template: PoolTemplate) {
-        let stale: Vec<String> = {
-            let mut pool = self.pool.lock().expect("pool lock");
-            if pool.template.as_ref() == Some(&template) {
-                Vec::new()
-            } else {
-                pool.template = Some(template);
-                pool.ready.drain(..).collect()
-            }
-        };
-        for sandbox_id in stale {
-            let runner = self.clone();
-            tokio::spawn(async move { runner.destroy(&sandbox_id).await });
-        }
-        self.refill_pool();
-    }
-
-    /// Starts sandboxes for the pool until it is full again.
-    fn refill_pool(self: &Arc<Self>) {
-        let (template, missing) = {
-            let mut pool = self.pool.lock().expect("pool lock");
-            let Some(template) = pool.template.clone() else {
-                return;
-            };
-            let missing = self
-                .config
-                .warm_pool_size
-                .saturating_sub(pool.ready.len() + pool.filling);
-            pool.filling += missing;
-            (template, missing)
-        };
-        for _ in 0..missing {
-            let runner = self.clone();
-            let template = template.clone();
-            tokio::spawn(async move {
-                let sandbox_id = uuid::Uuid::new_v4().to_string();
-                let params = CreateParams {
-                    sandbox_id: sandbox_id.clone(),
-                    layers: template.layers.clone(),
-                    user: template.user.clone(),
-                    env: BTreeMap::new(),
-                    limits: template.limits,
-                };
-                let result = runner.create_instance(params, true).await;
-                let outdated = {
-                    let mut pool = runner.pool.lock().expect("pool lock");
-                    pool.filling -= 1;
-                    match result {
-                        Ok(()) if pool.template.as_ref() == Some(&template) => {
-                            pool.ready.push_back(sandbox_id.clone());
-                            false
-                        }
-                        Ok(()) => true,
-                        // Creates from scratch report the same failure to their caller; the
-                        // pool tries again at the next claim.
-                        Err(error) => {
-                            tracing::warn!(%error, "failed to start a sandbox for the warm pool");
-                            false
-                        }
-                    }
-                };
-                if outdated {
-                    runner.destroy(&sandbox_id).await.ok();
-                }
-            });
-        }
-    }
-
-    /// Takes a ready sandbox out of the warm pool if it matches `layers` and `user`. The
-    /// caller hands it over with [`Runner::finish_claim`], or gives it back with
-    /// [`Runner::return_to_pool`].
-    pub fn claim(&self, layers: &[PathBuf], user: &str) -> Option<String> {
-        let mut pool = self.pool.lock().expect("pool lock");
-        let template = pool.template.as_ref()?;
-        if template.layers != layers || template.user != user {
-            return None;
-        }
-        pool.ready.pop_front()
-    }
-
-    /// Gives a claimed sandbox back to the pool, untouched.
-    pub fn return_to_pool(&self, sandbox_id: &str) {
-        self.pool
-            .lock()
-            .expect("pool lock")
-            .ready
-            .push_front(sandbox_id.to_owned());
-    }
-
-    /// Turns a claimed pool sandbox into an ordinary one with `env` and `limits`, and starts a
-    /// replacement for the pool. On failure the sandbox is destroyed.
-    pub async fn finish_claim(
-        self: &Arc<Self>,
-        sandbox_id: &str,
-        env: &BTreeMap<String, String>,
-        limits: Limits,
-    ) -> Result<(), RunnerError> {
-        self.refill_pool();
-        let result = self.hand_over(sandbox_id, env, limits).await;
-        if result.is_err() {
-            self.destroy(sandbox_id).await.ok();
-        }
-        result
-    }
-
-    async fn hand_over(
-        &self,
-        sandbox_id: &str,
-        env: &BTreeMap<String, String>,
-        limits: Limits,
-    ) -> Result<(), RunnerError> {
+    /// Sets a sandbox's resource limits: at once on its cgroups when it runs, and in its
+    /// record for the next start either way.
+    pub async fn resize(&self, sandbox_id: &str, limits: Limits) -> Result<(), RunnerError> {
         let instance = self.instance(sandbox_id)?;
         let mut record = instance.record.lock().await;
-        if !env.is_empty() {
-            let body = serde_json::json!({ "set": env });
-            daemon_client::post_json(&instance.dirs.toolbox_socket(), "/env", &body)
-                .await
-                .map_err(|source| RunnerError::Claim {
-                    sandbox_id: sandbox_id.to_owned(),
-                    source,
-                })?;
-        }
-        if limits != record.limits {
+        let running = record
+            .process
+            .as_ref()
+            .is_some_and(|process| self.runtime.is_running(process));
+        if running {
             self.runtime.set_limits(sandbox_id, &limits)?;
         }
-        record.env = env.clone();
         record.limits = limits;
-        record.pooled = false;
         save(&record, &instance.dirs)
     }
 
-    /// Destroys the sandboxes waiting in the pool; called when the server stops, so that no
-    /// unclaimed sandbox outlives it.
-    pub async fn drain_pool(&self) {
-        let ids: Vec<String> = {
-            let mut pool = self.pool.lock().expect("pool lock");
-            pool.template = None;
-            pool.ready.drain(..).collect()
-        };
-        for sandbox_id in ids {
-            self.destroy(&sandbox_id).await.ok();
+    /// Whether a sandbox's processes run. Waits for an operation in progress on it.
+    pub async fn state(&self, sandbox_id: &str) -> Result<SandboxRuntimeState, RunnerError> {
+        let instance = self.instance(sandbox_id)?;
+        let record = instance.record.lock().await;
+        Ok(self.runtime_state(&record))
+    }
+
+    /// Whether a sandbox's processes run, without waiting: `None` while an operation holds
+    /// the sandbox or when the runner does not know it.
+    pub fn state_now(&self, sandbox_id: &str) -> Option<SandboxRuntimeState> {
+        let instance = self.instance(sandbox_id).ok()?;
+        let record = instance.record.try_lock().ok()?;
+        Some(self.runtime_state(&record))
+    }
+
+    fn runtime_state(&self, record: &InstanceRecord) -> SandboxRuntimeState {
+        match &record.process {
+            Some(process) if self.runtime.is_running(process) => SandboxRuntimeState::Running,
+            _ => SandboxRuntimeState::Stopped,
         }
+    }
+
+    /// CPU time and processes of a sandbox's workloads (everything but the daemon's own
+    /// processes); `None` when the sandbox has no cgroups, which is when it does not run.
+    pub fn workload_usage(&self, sandbox_id: &str) -> Option<WorkloadUsage> {
+        self.runtime.workload_usage(sandbox_id)
     }
 
     /// Host path of a sandbox's toolbox socket.
@@ -459,7 +459,13 @@ impl Runner {
     }
 }
 
-fn save(record: &InstanceRecord, dirs: &InstanceDirs) -> Result<(), RunnerError> {
+fn interrupted(sandbox_id: &str) -> RunnerError {
+    RunnerError::Interrupted {
+        sandbox_id: sandbox_id.to_owned(),
+    }
+}
+
+pub(crate) fn save(record: &InstanceRecord, dirs: &InstanceDirs) -> Result<(), RunnerError> {
     record.save(dirs).map_err(|source| RunnerError::Record {
         sandbox_id: record.sandbox_id.clone(),
         source,

@@ -11,6 +11,7 @@ use daytona_wire::daemon::{DEFAULT_OUTPUT_LIMIT, DaemonConfig};
 
 use crate::instance::{InstanceDirs, InstanceRecord, Limits};
 use crate::slots;
+use crate::usage::{self, WorkloadUsage};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -105,6 +106,13 @@ impl Runtime {
         let cgroup = self.cgroups.sandbox(sandbox_id)?;
         cgroup.set_limits(&cgroup_limits(limits))?;
         Ok(())
+    }
+
+    /// CPU time and processes of the sandbox's workloads; `None` when it has no cgroups, which
+    /// is when it does not run.
+    pub fn workload_usage(&self, sandbox_id: &str) -> Option<WorkloadUsage> {
+        let cgroup = self.cgroups.sandbox(sandbox_id).ok()?;
+        usage::read(&cgroup, &self.daemon_binary)
     }
 
     pub fn is_running(&self, process: &SandboxProcess) -> bool {

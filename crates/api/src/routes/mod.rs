@@ -4,9 +4,14 @@
 //! description, so the OpenAPI document at `/api/openapi.json` is generated from the same
 //! list that routes requests.
 
+mod keys;
+mod metrics;
+mod organizations;
 mod sandboxes;
+mod signing;
 mod snapshots;
 mod toolbox;
+mod unavailable;
 
 use axum::Json;
 use axum::Router;
@@ -72,13 +77,14 @@ async fn health(State(state): State<AppState>) -> Response {
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
-        .routes(routes!(sandboxes::create, sandboxes::list))
-        .routes(routes!(sandboxes::get, sandboxes::delete))
-        .routes(routes!(sandboxes::start))
-        .routes(routes!(sandboxes::stop))
-        .routes(routes!(sandboxes::toolbox_proxy_url))
+        .merge(sandboxes::routes())
         .routes(routes!(snapshots::list))
         .routes(routes!(snapshots::get))
+        .merge(keys::routes())
+        .merge(organizations::routes())
+        .merge(signing::routes())
+        .merge(metrics::routes())
+        .merge(unavailable::routes())
 }
 
 /// The OpenAPI document of the API, with paths relative to the API URL (`.../api`).
@@ -107,9 +113,16 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .nest("/api", api)
-        .route("/toolbox/{id}/{*path}", any(toolbox::forward))
+        .route(
+            "/toolbox/{id}/{*path}",
+            any(toolbox::forward).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::lifecycle::track_toolbox_request,
+            )),
+        )
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(error::complete_error_bodies))
+        .layer(crate::socketio::layer(&state))
         .with_state(state)
 }

@@ -1,44 +1,51 @@
 //! The toolbox proxy route: `/toolbox/{sandboxId}/{path}`.
+//!
+//! A request is authorized in one of two ways. One is an API key of the sandbox's
+//! organization. The other, without an `Authorization` header, is a signed file URL:
+//! `GET /files/download` or `POST /files/upload-v2` with `path`, `expires` and `signature`
+//! (see [`crate::signing`]).
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use daytona_proxy::ProxyError;
 use daytona_wire::api::SandboxState;
 
-use crate::auth::Caller;
+use super::signing::current_key;
+use crate::auth::{Caller, bearer_token};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::signing::{self, SignatureError};
+use crate::state::{AppState, ToolboxRoute};
 
-/// Forwards a toolbox request to the sandbox's daemon, after checking that the caller's
-/// organization owns the sandbox and that it is started.
+/// The toolbox operations a signed URL may call, with their methods.
+const SIGNED_OPERATIONS: [(Method, &str); 2] = [
+    (Method::GET, "/files/download"),
+    (Method::POST, "/files/upload-v2"),
+];
+
+/// Forwards a toolbox request to the sandbox's daemon, after checking that the caller may use
+/// the sandbox and that it is started.
 pub async fn forward(
     State(state): State<AppState>,
-    caller: Caller,
     Path((sandbox_id, _rest)): Path<(String, String)>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let Some(route) = state
-        .route(&sandbox_id)
-        .filter(|route| route.organization_id == caller.organization_id)
-    else {
-        return Err(not_routable(&state, &caller, &sandbox_id).await);
+    let (mut parts, body) = request.into_parts();
+    let (route, rest) = match SignedUrl::from_parts(&parts, &sandbox_id)? {
+        Some(signed) => {
+            let route = authorize_signed(&state, &sandbox_id, &signed).await?;
+            (route, signed.forwarded_path())
+        }
+        None => {
+            let caller = Caller::from_request_parts(&mut parts, &state).await?;
+            let route = authorize_caller(&state, &caller, &sandbox_id).await?;
+            (route, rest_of_path(&parts, &sandbox_id))
+        }
     };
-
-    let prefix_len = "/toolbox/".len() + sandbox_id.len();
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let rest = path_and_query.get(prefix_len..).unwrap_or("/");
-    let rest = if rest.starts_with('/') {
-        rest.to_owned()
-    } else {
-        format!("/{rest}")
-    };
+    let request = Request::from_parts(parts, body);
 
     const STRIPPED: [HeaderName; 1] = [AUTHORIZATION];
     match daytona_proxy::forward(&route.socket, request, &rest, &STRIPPED).await {
@@ -61,11 +68,41 @@ pub async fn forward(
     }
 }
 
+/// Returns the path and query after `/toolbox/{sandboxId}`, which the daemon receives.
+fn rest_of_path(parts: &Parts, sandbox_id: &str) -> String {
+    let prefix_len = "/toolbox/".len() + sandbox_id.len();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let rest = path_and_query.get(prefix_len..).unwrap_or("/");
+    if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+async fn authorize_caller(
+    state: &AppState,
+    caller: &Caller,
+    sandbox_id: &str,
+) -> Result<ToolboxRoute, ApiError> {
+    match state
+        .route(sandbox_id)
+        .filter(|route| route.organization_id == caller.organization_id)
+    {
+        Some(route) => Ok(route),
+        None => Err(not_routable(state, &caller.organization_id, sandbox_id).await),
+    }
+}
+
 /// Explains why a sandbox has no toolbox route: unknown (404) or not started (400).
-async fn not_routable(state: &AppState, caller: &Caller, sandbox_id: &str) -> ApiError {
+async fn not_routable(state: &AppState, organization_id: &str, sandbox_id: &str) -> ApiError {
     match state
         .store
-        .sandbox_by_id_or_name(&caller.organization_id, sandbox_id)
+        .sandbox_by_id_or_name(organization_id, sandbox_id)
         .await
     {
         Ok(Some(record)) if record.state != SandboxState::Started => {
@@ -79,5 +116,124 @@ async fn not_routable(state: &AppState, caller: &Caller, sandbox_id: &str) -> Ap
         )),
         Ok(None) => ApiError::not_found(format!("sandbox {sandbox_id:?} not found")),
         Err(error) => error.into(),
+    }
+}
+
+/// The parts of a signed file URL.
+struct SignedUrl {
+    operation: &'static str,
+    method: Method,
+    path: String,
+    expires: i64,
+    signature: String,
+}
+
+impl SignedUrl {
+    /// Reads a signed URL from a request without `Authorization` whose query has a
+    /// `signature`; `None` for any other request, which then needs an API key.
+    fn from_parts(parts: &Parts, sandbox_id: &str) -> Result<Option<Self>, ApiError> {
+        if bearer_token(parts).is_some() || parts.headers.contains_key(AUTHORIZATION) {
+            return Ok(None);
+        }
+        let query = parts.uri.query().unwrap_or("");
+        let mut path = None;
+        let mut expires = None;
+        let mut signature = None;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "path" => path = Some(value.into_owned()),
+                "expires" => expires = Some(value.into_owned()),
+                "signature" => signature = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        let Some(signature) = signature else {
+            return Ok(None);
+        };
+
+        let operation = parts
+            .uri
+            .path()
+            .strip_prefix("/toolbox/")
+            .and_then(|rest| rest.strip_prefix(sandbox_id))
+            .unwrap_or("");
+        let Some((method, operation)) = SIGNED_OPERATIONS
+            .iter()
+            .find(|(method, path)| *method == parts.method && *path == operation)
+            .cloned()
+        else {
+            return Err(ApiError::unauthorized(format!(
+                "signed URLs work only for GET /files/download and POST /files/upload-v2, not {} {operation}; send an API key",
+                parts.method
+            )));
+        };
+        let path = path.filter(|p| !p.is_empty()).ok_or_else(|| {
+            ApiError::bad_request("invalid signed URL: the path parameter is missing")
+        })?;
+        let expires = expires
+            .as_deref()
+            .and_then(|text| text.parse::<i64>().ok())
+            .filter(|expires| *expires >= 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid signed URL: expires must be Unix seconds, or 0 for no expiry",
+                )
+            })?;
+        Ok(Some(Self {
+            operation,
+            method,
+            path,
+            expires,
+            signature,
+        }))
+    }
+
+    /// Returns the daemon's path and query: the operation and the file path, without the
+    /// signature.
+    fn forwarded_path(&self) -> String {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("path", &self.path)
+            .finish();
+        format!("{}?{query}", self.operation)
+    }
+}
+
+/// Checks a signed URL against the sandbox's current signing key and returns the sandbox's
+/// toolbox route.
+async fn authorize_signed(
+    state: &AppState,
+    sandbox_id: &str,
+    signed: &SignedUrl,
+) -> Result<ToolboxRoute, ApiError> {
+    let Some(record) = state.store.sandbox_by_id(sandbox_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "sandbox {sandbox_id:?} not found"
+        )));
+    };
+    let key = current_key(state, &record.id).await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Err(error) = signing::verify(
+        &key,
+        signed.method.as_str(),
+        &signed.path,
+        signed.expires,
+        &signed.signature,
+        now,
+    ) {
+        let message = match error {
+            SignatureError::Expired => format!(
+                "the signed URL for {} expired at {}; make a new one",
+                signed.path,
+                time::OffsetDateTime::from_unix_timestamp(signed.expires)
+                    .map(daytona_wire::rfc3339)
+                    .unwrap_or_else(|_| signed.expires.to_string())
+            ),
+            other => format!("invalid signed URL for {}: {other}", signed.path),
+        };
+        return Err(ApiError::unauthorized(message));
+    }
+    match state.route(&record.id) {
+        Some(route) => Ok(route),
+        None => Err(not_routable(state, &record.organization_id, &record.id).await),
     }
 }

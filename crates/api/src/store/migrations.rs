@@ -5,15 +5,16 @@ use sqlx::AnyPool;
 use super::StoreError;
 
 /// Each entry is one migration: its version and the statements it runs.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE organizations (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE organizations (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             created_at TEXT NOT NULL
         )",
-        "CREATE TABLE api_keys (
+            "CREATE TABLE api_keys (
             id TEXT PRIMARY KEY,
             organization_id TEXT NOT NULL REFERENCES organizations(id),
             name TEXT NOT NULL,
@@ -24,7 +25,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             last_used_at TEXT,
             revoked_at TEXT
         )",
-        "CREATE TABLE snapshots (
+            "CREATE TABLE snapshots (
             id TEXT PRIMARY KEY,
             organization_id TEXT,
             name TEXT NOT NULL,
@@ -43,8 +44,8 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             updated_at TEXT NOT NULL,
             last_used_at TEXT
         )",
-        "CREATE UNIQUE INDEX snapshots_name ON snapshots(name)",
-        "CREATE TABLE sandboxes (
+            "CREATE UNIQUE INDEX snapshots_name ON snapshots(name)",
+            "CREATE TABLE sandboxes (
             id TEXT PRIMARY KEY,
             organization_id TEXT NOT NULL REFERENCES organizations(id),
             name TEXT NOT NULL,
@@ -73,10 +74,52 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             updated_at TEXT NOT NULL,
             last_activity_at TEXT
         )",
-        "CREATE UNIQUE INDEX sandboxes_org_name ON sandboxes(organization_id, name)",
-        "CREATE INDEX sandboxes_org_created ON sandboxes(organization_id, created_at, id)",
-    ],
-)];
+            "CREATE UNIQUE INDEX sandboxes_org_name ON sandboxes(organization_id, name)",
+            "CREATE INDEX sandboxes_org_created ON sandboxes(organization_id, created_at, id)",
+        ],
+    ),
+    (
+        2,
+        &[
+            // When the sandbox is deleted whatever its state (its TTL), and when its state
+            // last changed, which auto-delete and the transition deadlines count from.
+            "ALTER TABLE sandboxes ADD COLUMN auto_destroy_at TEXT",
+            "ALTER TABLE sandboxes ADD COLUMN state_changed_at TEXT",
+            "UPDATE sandboxes SET state_changed_at = updated_at",
+        ],
+    ),
+    (
+        3,
+        &[
+            // API key permissions (a JSON list; NULL for keys older than this migration, which
+            // have every permission) and expiry.
+            "ALTER TABLE api_keys ADD COLUMN permissions TEXT",
+            "ALTER TABLE api_keys ADD COLUMN expires_at TEXT",
+            // Admin keys are left out because the server seeds a new admin key before it
+            // revokes the old one.
+            "CREATE UNIQUE INDEX api_keys_org_name ON api_keys(organization_id, name)
+             WHERE revoked_at IS NULL AND is_admin = 0",
+            "ALTER TABLE organizations ADD COLUMN updated_at TEXT",
+            "UPDATE organizations SET updated_at = created_at",
+            // Per-organization overrides of the server's default limits. A NULL column uses
+            // the default; 0 is no limit.
+            "CREATE TABLE organization_limits (
+            organization_id TEXT PRIMARY KEY REFERENCES organizations(id) ON DELETE CASCADE,
+            max_sandboxes INTEGER,
+            total_cpu INTEGER,
+            total_memory INTEGER,
+            updated_at TEXT NOT NULL
+        )",
+            // The generation of each sandbox's signing key for signed file URLs. The key
+            // itself is derived from the server's signing secret and is not stored.
+            "CREATE TABLE sandbox_signing_keys (
+            sandbox_id TEXT PRIMARY KEY REFERENCES sandboxes(id) ON DELETE CASCADE,
+            generation INTEGER NOT NULL,
+            rotated_at TEXT NOT NULL
+        )",
+        ],
+    ),
+];
 
 /// Applies every migration newer than the recorded version, each in its own transaction.
 pub(super) async fn apply(pool: &AnyPool) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@
 mod migrations;
 mod orgs;
 mod sandboxes;
+mod signing;
 mod snapshots;
 
 use std::path::Path;
@@ -16,8 +17,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
-pub use orgs::{ApiKeyRecord, OrganizationRecord};
-pub use sandboxes::{SandboxFilter, SandboxRecord};
+pub use orgs::{ApiKeyRecord, LimitOverrides, OrganizationRecord, STATES_HOLDING_RESOURCES, Usage};
+pub use sandboxes::{SandboxFilter, SandboxRecord, StateChange};
 pub use snapshots::SnapshotRecord;
 
 /// Errors of the state store.

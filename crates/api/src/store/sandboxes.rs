@@ -40,20 +40,33 @@ pub struct SandboxRecord {
     pub created_at: String,
     pub updated_at: String,
     pub last_activity_at: Option<String>,
+    /// When the sandbox is deleted, whatever its state (its TTL).
+    pub auto_destroy_at: Option<String>,
+    /// When the state last changed.
+    pub state_changed_at: Option<String>,
 }
 
-/// Which sandboxes a list returns. Empty fields do not filter.
+/// A change of a sandbox's state, written by [`Store::transition_sandbox`].
+#[derive(Debug, Clone, Copy)]
+pub struct StateChange<'a> {
+    pub state: SandboxState,
+    pub desired_state: Option<&'a str>,
+    pub error_reason: Option<&'a str>,
+    /// RFC 3339 time of the change.
+    pub at: &'a str,
+}
+
+/// The filter of a sandbox list. Empty fields do not filter.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxFilter {
-    pub id: Option<String>,
-    pub name: Option<String>,
     pub states: Vec<SandboxState>,
 }
 
 const COLUMNS: &str = "id, organization_id, name, snapshot, os_user, env, labels, public, \
     network_block_all, network_allow_list, domain_allow_list, target, cpu, gpu, memory, disk, \
     state, desired_state, error_reason, auto_stop_interval, auto_archive_interval, \
-    auto_delete_interval, auto_pause_interval, volumes, created_at, updated_at, last_activity_at";
+    auto_delete_interval, auto_pause_interval, volumes, created_at, updated_at, last_activity_at, \
+    auto_destroy_at, state_changed_at";
 
 fn decode_json<T: serde::de::DeserializeOwned>(
     text: &str,
@@ -98,6 +111,8 @@ fn sandbox_from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
         created_at: text("created_at").map_err(get)?,
         updated_at: text("updated_at").map_err(get)?,
         last_activity_at: row.try_get("last_activity_at").map_err(get)?,
+        auto_destroy_at: row.try_get("auto_destroy_at").map_err(get)?,
+        state_changed_at: row.try_get("state_changed_at").map_err(get)?,
     })
 }
 
@@ -116,7 +131,7 @@ impl Store {
         let statement = format!(
             "INSERT INTO sandboxes ({COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-              $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+              $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
         );
         let result = sqlx::query(&statement)
             .bind(&sandbox.id)
@@ -146,6 +161,8 @@ impl Store {
             .bind(&sandbox.created_at)
             .bind(&sandbox.updated_at)
             .bind(&sandbox.last_activity_at)
+            .bind(&sandbox.auto_destroy_at)
+            .bind(&sandbox.state_changed_at)
             .execute(self.pool())
             .await;
         match result {
@@ -160,14 +177,15 @@ impl Store {
         }
     }
 
-    /// Writes back every mutable field of a sandbox.
+    /// Writes back the settings of a sandbox: every mutable field except its state, error
+    /// reason and desired state, which only [`Store::transition_sandbox`] changes.
     pub async fn update_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE sandboxes SET name = $2, env = $3, labels = $4, public = $5, \
              network_block_all = $6, network_allow_list = $7, domain_allow_list = $8, cpu = $9, \
-             memory = $10, disk = $11, state = $12, desired_state = $13, error_reason = $14, \
-             auto_stop_interval = $15, auto_archive_interval = $16, auto_delete_interval = $17, \
-             auto_pause_interval = $18, updated_at = $19, last_activity_at = $20 WHERE id = $1",
+             memory = $10, disk = $11, auto_stop_interval = $12, auto_archive_interval = $13, \
+             auto_delete_interval = $14, auto_pause_interval = $15, updated_at = $16, \
+             last_activity_at = $17, auto_destroy_at = $18 WHERE id = $1",
         )
         .bind(&sandbox.id)
         .bind(&sandbox.name)
@@ -180,38 +198,71 @@ impl Store {
         .bind(sandbox.cpu)
         .bind(sandbox.memory)
         .bind(sandbox.disk)
-        .bind(sandbox.state.as_str())
-        .bind(&sandbox.desired_state)
-        .bind(&sandbox.error_reason)
         .bind(sandbox.auto_stop_interval)
         .bind(sandbox.auto_archive_interval)
         .bind(sandbox.auto_delete_interval)
         .bind(sandbox.auto_pause_interval)
         .bind(&sandbox.updated_at)
         .bind(&sandbox.last_activity_at)
+        .bind(&sandbox.auto_destroy_at)
         .execute(self.pool())
         .await
         .map_err(query_error("update sandbox"))?;
         Ok(())
     }
 
-    /// Sets the state (and error reason) of a sandbox.
-    pub async fn set_sandbox_state(
+    /// Moves a sandbox from state `from` to `change.state`, if it is still in `from`: a
+    /// compare-and-set, so that two writers cannot both move the same sandbox. Returns
+    /// whether the row changed.
+    pub async fn transition_sandbox(
         &self,
         id: &str,
-        state: SandboxState,
-        error_reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE sandboxes SET state = $2, error_reason = $3, updated_at = $4 WHERE id = $1",
+        from: SandboxState,
+        change: &StateChange<'_>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE sandboxes SET state = $3, desired_state = $4, error_reason = $5, \
+             updated_at = $6, state_changed_at = $6 WHERE id = $1 AND state = $2",
         )
         .bind(id)
-        .bind(state.as_str())
-        .bind(error_reason)
-        .bind(daytona_wire::now_rfc3339())
+        .bind(from.as_str())
+        .bind(change.state.as_str())
+        .bind(change.desired_state)
+        .bind(change.error_reason)
+        .bind(change.at)
         .execute(self.pool())
         .await
         .map_err(query_error("update sandbox state"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Removes a sandbox row if the sandbox is still in state `from`, which frees its name.
+    /// Returns whether the row was removed.
+    pub async fn delete_sandbox_in_state(
+        &self,
+        id: &str,
+        from: SandboxState,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM sandboxes WHERE id = $1 AND state = $2")
+            .bind(id)
+            .bind(from.as_str())
+            .execute(self.pool())
+            .await
+            .map_err(query_error("delete sandbox"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Records the last activity of a sandbox, unless a later one is recorded already.
+    pub async fn set_last_activity(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sandboxes SET last_activity_at = $2 WHERE id = $1 \
+             AND (last_activity_at IS NULL OR last_activity_at < $2)",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(self.pool())
+        .await
+        .map_err(query_error("update sandbox activity"))?;
         Ok(())
     }
 
@@ -262,14 +313,10 @@ impl Store {
         filter: &SandboxFilter,
     ) -> Result<Vec<SandboxRecord>, StoreError> {
         let statement = format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = $1 \
-             AND id = COALESCE($2, id) AND name = COALESCE($3, name) \
-             ORDER BY created_at, id"
+            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = $1 ORDER BY created_at, id"
         );
         let rows = sqlx::query(&statement)
             .bind(organization_id)
-            .bind(&filter.id)
-            .bind(&filter.name)
             .fetch_all(self.pool())
             .await
             .map_err(query_error("list sandboxes"))?;

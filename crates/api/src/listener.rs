@@ -1,0 +1,121 @@
+//! The HTTP listener: connections with a bounded number and a deadline for request headers,
+//! so that clients that open connections and send nothing, or send headers byte by byte,
+//! cannot take every descriptor of the server.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Time a client has to send a request's headers, including the wait on an idle keep-alive
+/// connection for the next request.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long open connections may finish their requests after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The most connections served at once, whatever the descriptor limit.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// Raises the soft limit on open files to the hard limit and returns the result. Each proxied
+/// toolbox request holds two descriptors.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(_) => soft,
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish
+/// for a short grace period.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let open_files = raise_open_file_limit();
+    // A quarter of the descriptors for client connections leaves room for the proxied
+    // toolbox connections, the store and the sandboxes' files.
+    let max_connections = usize::try_from(open_files / 4)
+        .unwrap_or(MAX_CONNECTIONS)
+        .clamp(64, MAX_CONNECTIONS);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    tracing::info!(max_connections, "accepting connections");
+
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Connections watch this to finish their current request and close when shutdown begins.
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        // Waiting for a permit before accepting leaves excess clients in the listen backlog
+        // instead of failing with EMFILE.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "failed to accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop_signal = stop_signal.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopped(&mut stop_signal) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+        // Reap the tasks of closed connections as they finish.
+        while connections.try_join_next().is_some() {}
+    }
+
+    let _ = stopping.send(true);
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::info!("requests still running after the shutdown grace period");
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// Completes once shutdown begins.
+async fn stopped(signal: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await of the caller.
+    let _ = signal.wait_for(|stopping| *stopping).await.map(|_| ());
+}

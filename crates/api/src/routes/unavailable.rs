@@ -1,0 +1,458 @@
+//! Routes of Daytona features this server does not offer yet. Each returns 400 in Daytona's
+//! error shape with code `FEATURE_NOT_AVAILABLE` and a message that names the feature and what
+//! to do instead.
+//!
+//! 400 is chosen because the SDKs turn it into a clear exception (`DaytonaBadRequestError` in
+//! Python, `DaytonaError` with status 400 in TypeScript), while 501 maps to no exception class
+//! of its own. Routes about one sandbox or snapshot look it up first, so that an unknown one,
+//! or one of another organization, is still 404.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use daytona_wire::ErrorBody;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::organizations::owned_sandbox;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Error code of every route here.
+pub const CODE: &str = "FEATURE_NOT_AVAILABLE";
+
+/// The reason and the way around it, for each feature.
+mod message {
+    pub const ARCHIVE: &str = "archiving sandboxes is not available yet on this server: it needs object storage for the archived files; stop the sandbox instead, which keeps its files";
+    pub const BACKUP: &str = "sandbox backups are not available yet on this server: they need object storage; a stopped sandbox keeps its files on this host";
+    pub const FORK: &str = "forking sandboxes is not available yet on this server: it needs sandbox snapshots; create a new sandbox and copy the files it needs";
+    pub const SANDBOX_SNAPSHOT: &str = "creating a snapshot from a sandbox is not available yet on this server; a stopped sandbox keeps its files and starts again with them";
+    pub const BUILD_LOGS: &str = "build logs are not available yet on this server: sandboxes start only from ready snapshots, so nothing is built";
+    pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
+    pub const SSH: &str = "SSH access is not available yet on this server; open a shell through the toolbox instead (process.create_pty_session)";
+    pub const SECRETS: &str = "secrets are not available yet on this server; pass values as environment variables at create (env_vars) or per command (env)";
+    pub const SNAPSHOT_CREATE: &str = "creating snapshots is not available yet on this server; create sandboxes from the default snapshot";
+    pub const SNAPSHOT_CHANGE: &str = "deleting, activating and deactivating snapshots is not available yet on this server; the default snapshot is always active";
+    pub const VOLUMES: &str = "volumes are not available yet on this server; keep files in the sandbox, whose files last across stops and starts";
+    pub const WARM_POOLS: &str = "warm pools cannot be managed through the API yet; the server keeps one for the default snapshot, sized by `daytona server --warm-pool-size`";
+    pub const OBJECT_STORAGE: &str = "object storage is not available yet on this server: it serves images built with local files, and building snapshots is not available yet";
+}
+
+/// Description shared by every 400 here.
+const NOT_AVAILABLE: &str = "The feature is not available yet (code FEATURE_NOT_AVAILABLE). 400, not 501, because the SDKs map 400 to a clear exception";
+
+fn not_available(message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, CODE, message)
+}
+
+async fn sandbox_feature(
+    state: &AppState,
+    caller: &Caller,
+    id_or_name: &str,
+    message: &'static str,
+) -> ApiError {
+    match owned_sandbox(state, caller, id_or_name).await {
+        Ok(_) => not_available(message),
+        Err(error) => error,
+    }
+}
+
+async fn snapshot_feature(
+    state: &AppState,
+    caller: &Caller,
+    id_or_name: &str,
+    message: &'static str,
+) -> ApiError {
+    match state
+        .store
+        .snapshot_by_id_or_name(&caller.organization_id, id_or_name)
+        .await
+    {
+        Ok(Some(_)) => not_available(message),
+        Ok(None) => ApiError::not_found(format!("snapshot {id_or_name:?} not found")),
+        Err(error) => error.into(),
+    }
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(archive_sandbox))
+        .routes(routes!(backup_sandbox))
+        .routes(routes!(fork_sandbox))
+        .routes(routes!(create_sandbox_snapshot))
+        .routes(routes!(sandbox_build_logs))
+        .routes(routes!(sandbox_build_logs_url))
+        .routes(routes!(preview_url))
+        .routes(routes!(signed_preview_url))
+        .routes(routes!(expire_signed_preview_url))
+        .routes(routes!(create_ssh_access, revoke_ssh_access))
+        .routes(routes!(validate_ssh_access))
+        .routes(routes!(update_sandbox_secrets, sandbox_secrets))
+        .routes(routes!(create_snapshot))
+        .routes(routes!(delete_snapshot))
+        .routes(routes!(activate_snapshot))
+        .routes(routes!(deactivate_snapshot))
+        .routes(routes!(snapshot_build_logs))
+        .routes(routes!(snapshot_build_logs_url))
+        .routes(routes!(list_volumes, create_volume))
+        .routes(routes!(get_volume, delete_volume))
+        .routes(routes!(volume_by_name))
+        .routes(routes!(list_warm_pools, create_warm_pool))
+        .routes(routes!(update_warm_pool, delete_warm_pool))
+        .routes(routes!(list_secrets, create_secret))
+        .routes(routes!(list_secrets_paginated))
+        .routes(routes!(get_secret, update_secret, delete_secret))
+        .routes(routes!(object_storage_push_access))
+}
+
+/// `POST /sandbox/{id}/archive`: not available yet.
+#[utoipa::path(post, path = "/sandbox/{id}/archive", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn archive_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::ARCHIVE).await
+}
+
+/// `POST /sandbox/{id}/backup`: not available yet.
+#[utoipa::path(post, path = "/sandbox/{id}/backup", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn backup_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::BACKUP).await
+}
+
+/// `POST /sandbox/{id}/fork`: not available yet.
+#[utoipa::path(post, path = "/sandbox/{id}/fork", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn fork_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::FORK).await
+}
+
+/// `POST /sandbox/{id}/snapshot`: not available yet.
+#[utoipa::path(post, path = "/sandbox/{id}/snapshot", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_sandbox_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::SANDBOX_SNAPSHOT).await
+}
+
+/// `GET /sandbox/{id}/build-logs`: not available yet.
+#[utoipa::path(get, path = "/sandbox/{id}/build-logs", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn sandbox_build_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::BUILD_LOGS).await
+}
+
+/// `GET /sandbox/{id}/build-logs-url`: not available yet.
+#[utoipa::path(get, path = "/sandbox/{id}/build-logs-url", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn sandbox_build_logs_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::BUILD_LOGS).await
+}
+
+/// `GET /sandbox/{id}/ports/{port}/preview-url`: not available yet.
+#[utoipa::path(get, path = "/sandbox/{id}/ports/{port}/preview-url", tag = "preview",
+    params(("id" = String, Path, description = "Sandbox id or name"), ("port" = String, Path, description = "Port")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn preview_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, _port)): Path<(String, String)>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::PREVIEW).await
+}
+
+/// `GET /sandbox/{id}/ports/{port}/signed-preview-url`: not available yet.
+#[utoipa::path(get, path = "/sandbox/{id}/ports/{port}/signed-preview-url", tag = "preview",
+    params(("id" = String, Path, description = "Sandbox id or name"), ("port" = String, Path, description = "Port")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn signed_preview_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, _port)): Path<(String, String)>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::PREVIEW).await
+}
+
+/// `POST /sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire`: not available yet.
+#[utoipa::path(post, path = "/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire", tag = "preview",
+    params(("id" = String, Path, description = "Sandbox id or name"), ("port" = String, Path, description = "Port"),
+        ("token" = String, Path, description = "Signed preview token")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn expire_signed_preview_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, _port, _token)): Path<(String, String, String)>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::PREVIEW).await
+}
+
+/// `POST /sandbox/{id}/ssh-access`: not available yet.
+#[utoipa::path(post, path = "/sandbox/{id}/ssh-access", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_ssh_access(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::SSH).await
+}
+
+/// `DELETE /sandbox/{id}/ssh-access`: not available yet.
+#[utoipa::path(delete, path = "/sandbox/{id}/ssh-access", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_ssh_access(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::SSH).await
+}
+
+/// `GET /sandbox/ssh-access/validate`: not available yet.
+#[utoipa::path(get, path = "/sandbox/ssh-access/validate", tag = "sandbox",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn validate_ssh_access(_caller: Caller) -> ApiError {
+    not_available(message::SSH)
+}
+
+/// `PUT /sandbox/{id}/secrets`: not available yet.
+#[utoipa::path(put, path = "/sandbox/{id}/secrets", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_sandbox_secrets(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::SECRETS).await
+}
+
+/// `GET /sandbox/{id}/secrets`: not available yet.
+#[utoipa::path(get, path = "/sandbox/{id}/secrets", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn sandbox_secrets(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    sandbox_feature(&state, &caller, &id, message::SECRETS).await
+}
+
+/// `POST /snapshots`: not available yet.
+#[utoipa::path(post, path = "/snapshots", tag = "snapshots",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn create_snapshot(_caller: Caller) -> ApiError {
+    not_available(message::SNAPSHOT_CREATE)
+}
+
+/// `DELETE /snapshots/{id}`: not available yet.
+#[utoipa::path(delete, path = "/snapshots/{id}", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    snapshot_feature(&state, &caller, &id, message::SNAPSHOT_CHANGE).await
+}
+
+/// `POST /snapshots/{id}/activate`: not available yet.
+#[utoipa::path(post, path = "/snapshots/{id}/activate", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn activate_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    snapshot_feature(&state, &caller, &id, message::SNAPSHOT_CHANGE).await
+}
+
+/// `POST /snapshots/{id}/deactivate`: not available yet.
+#[utoipa::path(post, path = "/snapshots/{id}/deactivate", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deactivate_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    snapshot_feature(&state, &caller, &id, message::SNAPSHOT_CHANGE).await
+}
+
+/// `GET /snapshots/{id}/build-logs`: not available yet.
+#[utoipa::path(get, path = "/snapshots/{id}/build-logs", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn snapshot_build_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    snapshot_feature(&state, &caller, &id, message::BUILD_LOGS).await
+}
+
+/// `GET /snapshots/{id}/build-logs-url`: not available yet.
+#[utoipa::path(get, path = "/snapshots/{id}/build-logs-url", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn snapshot_build_logs_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiError {
+    snapshot_feature(&state, &caller, &id, message::BUILD_LOGS).await
+}
+
+/// `GET /volumes`: not available yet.
+#[utoipa::path(get, path = "/volumes", tag = "volumes",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn list_volumes(_caller: Caller) -> ApiError {
+    not_available(message::VOLUMES)
+}
+
+/// `POST /volumes`: not available yet.
+#[utoipa::path(post, path = "/volumes", tag = "volumes",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn create_volume(_caller: Caller) -> ApiError {
+    not_available(message::VOLUMES)
+}
+
+/// `GET /volumes/{volumeId}`: not available yet.
+#[utoipa::path(get, path = "/volumes/{volumeId}", tag = "volumes",
+    params(("volumeId" = String, Path, description = "Volume id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn get_volume(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::VOLUMES)
+}
+
+/// `DELETE /volumes/{volumeId}`: not available yet.
+#[utoipa::path(delete, path = "/volumes/{volumeId}", tag = "volumes",
+    params(("volumeId" = String, Path, description = "Volume id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn delete_volume(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::VOLUMES)
+}
+
+/// `GET /volumes/by-name/{name}`: not available yet. Being 400 rather than 404, it keeps
+/// `volume.get(name, create=True)` from going on to a create.
+#[utoipa::path(get, path = "/volumes/by-name/{name}", tag = "volumes",
+    params(("name" = String, Path, description = "Volume name")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn volume_by_name(_caller: Caller, Path(_name): Path<String>) -> ApiError {
+    not_available(message::VOLUMES)
+}
+
+/// `GET /warm-pools`: not available yet.
+#[utoipa::path(get, path = "/warm-pools", tag = "warm-pools",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn list_warm_pools(_caller: Caller) -> ApiError {
+    not_available(message::WARM_POOLS)
+}
+
+/// `POST /warm-pools`: not available yet.
+#[utoipa::path(post, path = "/warm-pools", tag = "warm-pools",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn create_warm_pool(_caller: Caller) -> ApiError {
+    not_available(message::WARM_POOLS)
+}
+
+/// `PATCH /warm-pools/{id}`: not available yet.
+#[utoipa::path(patch, path = "/warm-pools/{id}", tag = "warm-pools",
+    params(("id" = String, Path, description = "Warm pool id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn update_warm_pool(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::WARM_POOLS)
+}
+
+/// `DELETE /warm-pools/{id}`: not available yet.
+#[utoipa::path(delete, path = "/warm-pools/{id}", tag = "warm-pools",
+    params(("id" = String, Path, description = "Warm pool id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn delete_warm_pool(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::WARM_POOLS)
+}
+
+/// `GET /secret`: not available yet.
+#[utoipa::path(get, path = "/secret", tag = "secrets",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn list_secrets(_caller: Caller) -> ApiError {
+    not_available(message::SECRETS)
+}
+
+/// `POST /secret`: not available yet.
+#[utoipa::path(post, path = "/secret", tag = "secrets",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn create_secret(_caller: Caller) -> ApiError {
+    not_available(message::SECRETS)
+}
+
+/// `GET /secret/paginated`: not available yet.
+#[utoipa::path(get, path = "/secret/paginated", tag = "secrets",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn list_secrets_paginated(_caller: Caller) -> ApiError {
+    not_available(message::SECRETS)
+}
+
+/// `GET /secret/{secretId}`: not available yet.
+#[utoipa::path(get, path = "/secret/{secretId}", tag = "secrets",
+    params(("secretId" = String, Path, description = "Secret id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn get_secret(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::SECRETS)
+}
+
+/// `PATCH /secret/{secretId}`: not available yet.
+#[utoipa::path(patch, path = "/secret/{secretId}", tag = "secrets",
+    params(("secretId" = String, Path, description = "Secret id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn update_secret(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::SECRETS)
+}
+
+/// `DELETE /secret/{secretId}`: not available yet.
+#[utoipa::path(delete, path = "/secret/{secretId}", tag = "secrets",
+    params(("secretId" = String, Path, description = "Secret id")),
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn delete_secret(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    not_available(message::SECRETS)
+}
+
+/// `GET /object-storage/push-access`: not available yet.
+#[utoipa::path(get, path = "/object-storage/push-access", tag = "object-storage",
+    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
+pub async fn object_storage_push_access(_caller: Caller) -> ApiError {
+    not_available(message::OBJECT_STORAGE)
+}
