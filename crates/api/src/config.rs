@@ -97,7 +97,7 @@ pub struct LifecycleConfig {
     /// Real length of one minute of the auto-stop, auto-delete and TTL intervals. One minute,
     /// except in tests, which shrink it so that intervals of a few "minutes" pass in seconds.
     pub minute: Duration,
-    /// Test aid, honoured by debug builds only: while this file exists, sandbox starts (other
+    /// Test aid: while this file exists, sandbox starts (other
     /// than the warm pool's) wait, which keeps a sandbox in `starting`.
     pub hang_start_file: Option<PathBuf>,
 }

@@ -1,7 +1,7 @@
 //! `daytona server`: the API server, one local runner and the toolbox proxy in one process.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -52,6 +52,11 @@ pub async fn run(
             daemon_binary: config.daemon_binary.clone(),
             warm_pool_size: config.warm_pool_size,
             hang_start_file: config.lifecycle.hang_start_file.clone(),
+            // Only root maps sandboxes to host uid ranges, and then every server on the host
+            // takes its ranges from one registry.
+            uid_slot_registry: nix::unistd::geteuid()
+                .is_root()
+                .then(|| PathBuf::from(daytona_runner::UID_SLOT_REGISTRY)),
         })
         .await?,
     );

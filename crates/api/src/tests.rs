@@ -68,6 +68,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         daemon_binary: "/bin/true".into(),
         warm_pool_size: 0,
         hang_start_file: lifecycle.hang_start_file.clone(),
+        uid_slot_registry: None,
     })
     .await
     .unwrap();
@@ -109,10 +110,19 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         })
         .await
         .unwrap();
-    state.images.write().unwrap().insert(
-        daytona_images::DEFAULT_SNAPSHOT.into(),
-        vec![dir.path().join("layer")],
-    );
+    // A layer with only the user database, which creates check the user against.
+    let layer = dir.path().join("layer");
+    std::fs::create_dir_all(layer.join("etc")).unwrap();
+    std::fs::write(
+        layer.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\ndaytona:x:1000:1000::/home/daytona:/bin/bash\n",
+    )
+    .unwrap();
+    state
+        .images
+        .write()
+        .unwrap()
+        .insert(daytona_images::DEFAULT_SNAPSHOT.into(), vec![layer]);
     state.set_ready();
     Harness { state, _dir: dir }
 }
@@ -263,6 +273,8 @@ async fn invalid_create_fields_are_400() {
         json!({"cpu": 99}),
         json!({"memory": 0}),
         json!({"name": "has space"}),
+        json!({"name": ".."}),
+        json!({"name": "."}),
         json!({"user": "Root!"}),
         json!({"env": {"1BAD": "x"}}),
         json!({"labels": {"code-toolbox-language": "cobol"}}),
@@ -301,51 +313,48 @@ async fn unknown_snapshot_is_404() {
 }
 
 #[tokio::test]
-async fn failed_start_leaves_error_until_delete() {
+async fn failed_create_keeps_neither_name_nor_files() {
     let harness = harness().await;
-    let (status, body) = call(
-        &harness,
-        "POST",
-        "/api/sandbox",
-        Some(json!({"name": "doomed"})),
-        Some(KEY),
-    )
-    .await;
-    // The start fails in the runtime: the sandbox is kept in `error`, with its files, so that
-    // it can be recovered or deleted.
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["state"], "error");
-    assert!(
-        body["errorReason"]
-            .as_str()
-            .is_some_and(|r| r.contains("failed to start"))
-    );
-    assert_eq!(body["recoverable"], true);
-    let id = body["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        harness.state.runner.sandbox_ids(),
-        std::slice::from_ref(&id)
-    );
+    // The start fails in the runtime, so the create fails, and nothing of the sandbox stays:
+    // the name is free for the next try, which fails the same way rather than with 409.
+    for _ in 0..2 {
+        let (status, body) = call(
+            &harness,
+            "POST",
+            "/api/sandbox",
+            Some(json!({"name": "doomed"})),
+            Some(KEY),
+        )
+        .await;
+        assert_error(&body, status, "INTERNAL_SERVER_ERROR", "/api/sandbox");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("failed to start")
+        );
+        let (_, list) = call(&harness, "GET", "/api/sandbox", None, Some(KEY)).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 0);
+        assert!(harness.state.runner.sandbox_ids().is_empty());
+        let sandboxes_dir = harness.state.config.data_dir.join("sandboxes");
+        assert_eq!(std::fs::read_dir(sandboxes_dir).unwrap().count(), 0);
+    }
+}
 
-    let (status, body) = call(&harness, "DELETE", "/api/sandbox/doomed", None, Some(KEY)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["state"], "destroyed");
-    let (_, list) = call(&harness, "GET", "/api/sandbox", None, Some(KEY)).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+#[tokio::test]
+async fn user_missing_from_the_image_is_400() {
+    let harness = harness().await;
+    let body = json!({"user": "ghost"});
+    let (status, body) = call(&harness, "POST", "/api/sandbox", Some(body), Some(KEY)).await;
+    assert_error(&body, status, "BAD_REQUEST", "/api/sandbox");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no user \"ghost\""),
+        "{body}"
+    );
     assert!(harness.state.runner.sandbox_ids().is_empty());
-    let sandboxes_dir = harness.state.config.data_dir.join("sandboxes");
-    assert_eq!(std::fs::read_dir(sandboxes_dir).unwrap().count(), 0);
-    // The name is free again.
-    let (status, body) = call(
-        &harness,
-        "POST",
-        "/api/sandbox",
-        Some(json!({"name": "doomed"})),
-        Some(KEY),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_ne!(body["id"], id.as_str());
 }
 
 #[tokio::test]

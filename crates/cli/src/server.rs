@@ -87,10 +87,9 @@ pub struct ServerArgs {
         value_parser = clap::value_parser!(u64).range(1..))]
     metrics_interval: u64,
 
-    /// Testing aid of debug builds: while this file exists, sandbox starts (other than the
-    /// warm pool's) wait, which keeps a sandbox in the starting state.
-    #[cfg(debug_assertions)]
-    #[arg(long, value_name = "FILE")]
+    /// Test aid, left out of the help: while this file exists, sandbox starts (other than
+    /// the warm pool's) wait, which keeps a sandbox in the starting state.
+    #[arg(long, value_name = "FILE", hide = true)]
     test_hang_start_file: Option<PathBuf>,
 }
 
@@ -213,10 +212,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         lifecycle: LifecycleConfig {
             transition_timeout: Duration::from_secs(args.transition_timeout),
             minute: Duration::from_secs(args.lifecycle_minute),
-            #[cfg(debug_assertions)]
             hang_start_file: args.test_hang_start_file,
-            #[cfg(not(debug_assertions))]
-            hang_start_file: None,
         },
         organization_limits: OrganizationLimits {
             max_sandboxes: i64::from(args.org_max_sandboxes),

@@ -17,5 +17,5 @@ mod usage;
 
 pub use instance::{Limits, SandboxRuntimeState};
 pub use pool::PoolTemplate;
-pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError};
+pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError, UID_SLOT_REGISTRY};
 pub use usage::WorkloadUsage;

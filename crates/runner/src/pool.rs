@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::daemon_client;
-use crate::instance::Limits;
+use crate::instance::{Limits, SandboxRuntimeState};
 use crate::runner::{CreateParams, Runner, RunnerError, save};
 
 /// What the sandboxes of the warm pool are made of; a create with other layers or another
@@ -103,13 +103,42 @@ impl Runner {
     /// Takes a ready sandbox out of the warm pool if it matches `layers` and `user`. The
     /// caller hands it over with [`Runner::finish_claim`], or gives it back with
     /// [`Runner::return_to_pool`].
-    pub fn claim(&self, layers: &[PathBuf], user: &str) -> Option<String> {
-        let mut pool = self.pool.lock().expect("pool lock");
-        let template = pool.template.as_ref()?;
-        if template.layers != layers || template.user != user {
-            return None;
-        }
-        pool.ready.pop_front()
+    /// A pooled sandbox whose processes died is destroyed and replaced; one that an
+    /// operation has locked at this moment is left in the pool.
+    pub fn claim(self: &Arc<Self>, layers: &[PathBuf], user: &str) -> Option<String> {
+        let mut busy = Vec::new();
+        let claimed = loop {
+            let candidate = {
+                let mut pool = self.pool.lock().expect("pool lock");
+                let Some(template) = pool.template.as_ref() else {
+                    break None;
+                };
+                if template.layers != layers || template.user != user {
+                    break None;
+                }
+                match pool.ready.pop_front() {
+                    Some(candidate) => candidate,
+                    None => break None,
+                }
+            };
+            match self.state_now(&candidate) {
+                Some(SandboxRuntimeState::Running) => break Some(candidate),
+                Some(SandboxRuntimeState::Stopped) => {
+                    tracing::warn!(
+                        sandbox_id = candidate,
+                        "a warm pool sandbox is not running; replacing it"
+                    );
+                    let runner = self.clone();
+                    tokio::spawn(async move {
+                        runner.destroy(&candidate).await.ok();
+                        runner.refill_pool();
+                    });
+                }
+                None => busy.push(candidate),
+            }
+        };
+        self.pool.lock().expect("pool lock").ready.extend(busy);
+        claimed
     }
 
     /// Gives a claimed sandbox back to the pool, untouched.

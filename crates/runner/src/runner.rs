@@ -6,6 +6,7 @@
 //! keep a delete, or the API's deadline, waiting.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,11 +65,17 @@ pub struct RunnerConfig {
     pub daemon_binary: PathBuf,
     /// How many started sandboxes wait, unclaimed, for the next creates (0 disables the pool).
     pub warm_pool_size: usize,
-    /// Test aid, honoured by debug builds only: while this file exists, starts of sandboxes
+    /// Test aid: while this file exists, starts of sandboxes
     /// that are not in the warm pool wait before they start anything, until the file is
     /// removed or the start is interrupted. Tests use it to hold a sandbox in `starting`.
     pub hang_start_file: Option<PathBuf>,
+    /// Directory in which every runner on the host reserves its sandboxes' uid ranges
+    /// ([`UID_SLOT_REGISTRY`] for root); `None` keeps them unique within this runner only.
+    pub uid_slot_registry: Option<PathBuf>,
 }
+
+/// The host-wide uid range registry of runners that run as root.
+pub const UID_SLOT_REGISTRY: &str = "/var/lib/daytona/uid-slots";
 
 /// What a new sandbox is made of.
 #[derive(Debug, Clone)]
@@ -132,12 +139,23 @@ impl Runner {
             sandbox_id: String::new(),
             source,
         })?;
+        if let Some(registry) = &config.uid_slot_registry {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(registry)
+                .map_err(|source| RunnerError::Prepare {
+                    sandbox_id: String::new(),
+                    source,
+                })?;
+        }
         let runtime = Runtime::new(&config.daemon_binary)?;
+        let slots = Slots::new(config.uid_slot_registry.clone());
         let runner = Self {
             config,
             runtime,
             instances: Mutex::new(HashMap::new()),
-            slots: Mutex::new(Slots::default()),
+            slots: Mutex::new(slots),
             pool: Mutex::new(Pool::default()),
         };
         runner.load_existing().await;
@@ -175,7 +193,7 @@ impl Runner {
             self.slots
                 .lock()
                 .expect("slots lock")
-                .mark_used(record.slot);
+                .mark_used(record.slot, &dirs.root);
             self.instances
                 .lock()
                 .expect("instances lock")
@@ -223,13 +241,15 @@ impl Runner {
         pooled: bool,
     ) -> Result<(), RunnerError> {
         let sandbox_id = params.sandbox_id.clone();
+        let dirs = InstanceDirs::new(&self.config.sandboxes_dir, &sandbox_id);
         let slot = {
             let mut slots = self.slots.lock().expect("slots lock");
-            slots.allocate().ok_or_else(|| RunnerError::NoFreeSlot {
-                count: self.instances.lock().expect("instances lock").len(),
-            })?
+            slots
+                .allocate(&dirs.root)
+                .ok_or_else(|| RunnerError::NoFreeSlot {
+                    count: self.instances.lock().expect("instances lock").len(),
+                })?
         };
-        let dirs = InstanceDirs::new(&self.config.sandboxes_dir, &sandbox_id);
         let record = InstanceRecord {
             sandbox_id: sandbox_id.clone(),
             slot,
@@ -312,8 +332,7 @@ impl Runner {
         save(&record, &instance.dirs)
     }
 
-    /// Test aid of debug builds: waits while [`RunnerConfig::hang_start_file`] exists.
-    #[cfg(debug_assertions)]
+    /// Test aid: waits while [`RunnerConfig::hang_start_file`] exists.
     async fn hang_if_requested(
         &self,
         sandbox_id: &str,
@@ -331,15 +350,6 @@ impl Runner {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        Ok(())
-    }
-
-    #[cfg(not(debug_assertions))]
-    async fn hang_if_requested(
-        &self,
-        _sandbox_id: &str,
-        _token: &CancellationToken,
-    ) -> Result<(), RunnerError> {
         Ok(())
     }
 
@@ -400,7 +410,15 @@ impl Runner {
             self.runtime.stop(process, Duration::ZERO).await;
         }
         self.runtime.release_cgroup(sandbox_id);
-        remove_dir(&instance.dirs.root);
+        // A large upper directory takes a while to remove; that must not stall the runtime's
+        // worker threads.
+        let root = instance.dirs.root.clone();
+        if tokio::task::spawn_blocking(move || remove_dir(&root))
+            .await
+            .is_err()
+        {
+            tracing::warn!(sandbox_id, "removing the sandbox directory panicked");
+        }
         self.instances
             .lock()
             .expect("instances lock")

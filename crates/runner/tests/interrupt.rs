@@ -1,7 +1,5 @@
-//! A start held by the runner's hang aid (debug builds) ends at once when it is interrupted or
+//! A start held by the runner's hang aid ends at once when it is interrupted or
 //! the sandbox is destroyed. The daemon binary is `/bin/true`, so nothing really starts.
-
-#![cfg(debug_assertions)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +15,7 @@ async fn runner(dir: &Path, hang_file: &Path) -> Option<Arc<Runner>> {
         daemon_binary: "/bin/true".into(),
         warm_pool_size: 0,
         hang_start_file: Some(hang_file.to_owned()),
+        uid_slot_registry: None,
     };
     match Runner::open(config).await {
         Ok(runner) => Some(Arc::new(runner)),

@@ -109,3 +109,25 @@ def test_health_without_key(server):
 def test_lifecycle_of_unknown_is_404(server, path):
     status, body = server.request("POST", path)
     assert_error(status, body, 404)
+
+
+def test_user_missing_from_the_image_is_400_and_leaves_nothing(server):
+    status, body = server.request("POST", "/sandbox", body={"name": "ghost-user", "user": "ghost"})
+    assert_error(status, body, 400, "BAD_REQUEST")
+    assert "ghost" in body["message"]
+    status, body = server.request("GET", "/sandbox/ghost-user")
+    assert_error(status, body, 404, "NOT_FOUND")
+
+
+def test_toolbox_answers_by_name_and_by_encoded_id(server):
+    status, body = server.request("POST", "/sandbox", body={"name": "toolbox-by-name"})
+    assert status == 200, body
+    try:
+        base = server.api_url.removesuffix("/api") + "/toolbox"
+        encoded_id = "".join(f"%{ord(c):02X}" if c == "-" else c for c in body["id"])
+        for segment in ("toolbox-by-name", body["id"], encoded_id):
+            status, info = server.request("GET", f"{base}/{segment}/files/info?path=%2Fhome%2Fdaytona")
+            assert status == 200, (segment, info)
+            assert info["isDir"] is True
+    finally:
+        server.request("DELETE", f"/sandbox/{body['id']}")

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::activity::record_activity;
 use super::{DeleteClaim, OperationGuard, OperationKind, transition, wait_finished};
 use crate::dto;
-use crate::error::ApiError;
+use crate::error::{ApiError, error_chain};
 use crate::quota::Reservation;
 use crate::state::AppState;
 use crate::store::SandboxRecord;
@@ -47,6 +47,15 @@ pub struct CreatePlan {
 enum RunnerOutcome {
     Done(Result<(), RunnerError>),
     TimedOut,
+}
+
+/// The outcome of a failed start for the sandbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// The sandbox existed before: it moves to `error` with its files, to be recovered.
+    KeepInError,
+    /// The sandbox is being created: nothing of it remains, and the create returns 500.
+    Destroy,
 }
 
 /// Creates a sandbox from `record` (state `creating`, not stored yet) and returns once it is
@@ -123,7 +132,15 @@ async fn run_create(
                     error,
                 ));
             }
-            finish_start(state, record, guard, reservation, async { Ok(()) }).await
+            finish_start(
+                state,
+                record,
+                guard,
+                reservation,
+                async { Ok(()) },
+                AfterFailure::Destroy,
+            )
+            .await
         }
         None => {
             let params = CreateParams {
@@ -146,7 +163,15 @@ async fn run_create(
                 return Err(deleted_meanwhile(&id));
             }
             let runner = state.runner.clone();
-            finish_start(state, record, guard, reservation, runner.start(&id)).await
+            finish_start(
+                state,
+                record,
+                guard,
+                reservation,
+                runner.start(&id),
+                AfterFailure::Destroy,
+            )
+            .await
         }
     }
 }
@@ -206,24 +231,45 @@ async fn begin_start(
             guard,
             reservation,
             runner.start(&sandbox_id),
+            AfterFailure::KeepInError,
         )
         .await
     });
     answer(state, &id, outcome).await
 }
 
-/// Waits for the runner's start of a `starting` sandbox and moves the sandbox to `started`,
-/// or to `error` when the start failed or passed its deadline.
+/// Waits for the runner's start of a `starting` sandbox and moves the sandbox to `started`.
+/// When the start failed or passed its deadline, the sandbox moves to `error`, or is
+/// destroyed and the operation fails, as `after_failure` selects.
 async fn finish_start(
     state: &AppState,
     mut record: SandboxRecord,
     guard: OperationGuard,
     reservation: Reservation,
     runner_start: impl Future<Output = Result<(), RunnerError>>,
+    after_failure: AfterFailure,
 ) -> Result<(), ApiError> {
     let outcome = with_deadline(state, &record.id, runner_start).await;
     if guard.is_cancelled() {
         return Err(deleted_meanwhile(&record.id));
+    }
+    if after_failure == AfterFailure::Destroy {
+        let reason = match &outcome {
+            RunnerOutcome::Done(Ok(())) => None,
+            RunnerOutcome::Done(Err(error)) => Some(format!(
+                "sandbox {} failed to start: {}",
+                record.id,
+                error_chain(error)
+            )),
+            RunnerOutcome::TimedOut => Some(format!(
+                "sandbox {} did not start within {} s",
+                record.id,
+                state.lifecycle.config().transition_timeout.as_secs()
+            )),
+        };
+        if let Some(reason) = reason {
+            return Err(discard_failed_create(state, &mut record, reason).await);
+        }
     }
     match outcome {
         RunnerOutcome::Done(Ok(())) => {
@@ -471,6 +517,25 @@ pub(super) async fn fail(state: &AppState, record: &mut SandboxRecord, reason: S
     }
 }
 
+/// Removes every trace of a sandbox whose create failed and returns the create's error. The
+/// reason goes to the client, since a create failure is usually something the caller can act
+/// on (a user the image lacks, a resource the host cannot give).
+async fn discard_failed_create(
+    state: &AppState,
+    record: &mut SandboxRecord,
+    reason: String,
+) -> ApiError {
+    tracing::warn!(sandbox_id = %record.id, error = %reason, "create failed; removing the sandbox");
+    if let Err(error) = state.runner.destroy(&record.id).await {
+        tracing::warn!(sandbox_id = %record.id, error = %error_chain(&error), "failed to remove a sandbox whose create failed; the reconciler retries");
+        fail(state, record, reason.clone()).await;
+    } else if let Err(error) = transition(state, record, SandboxState::Destroyed, None).await {
+        tracing::warn!(sandbox_id = %record.id, %error, "failed to remove the row of a sandbox whose create failed");
+    }
+    state.lifecycle.activity.reset_usage(&record.id);
+    ApiError::internal(reason, anyhow::anyhow!("create failed"))
+}
+
 /// Runs the runner's part of an operation, bounded by the transition deadline. Past the
 /// deadline the runner is interrupted, and the runner's future is still awaited, so that
 /// whatever it started is cleaned up before the operation moves on.
@@ -565,16 +630,4 @@ fn deleted_meanwhile(sandbox_id: &str) -> ApiError {
     ApiError::conflict(format!(
         "sandbox {sandbox_id} was deleted while the operation was in progress"
     ))
-}
-
-/// Formats an error and its causes on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

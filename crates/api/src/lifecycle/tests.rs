@@ -160,10 +160,38 @@ async fn delete_in_starting_interrupts_the_start() {
 }
 
 #[tokio::test]
+async fn failed_create_answers_500_and_leaves_nothing() {
+    for hang in [true, false] {
+        let (harness, _dir, hang_file) = hanging(Duration::from_millis(500)).await;
+        if !hang {
+            // The runtime itself fails: the daemon binary is /bin/true.
+            std::fs::remove_file(&hang_file).unwrap();
+        }
+        let (status, body) = call(&harness, "POST", "/api/sandbox", None, Some(KEY)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let expected = if hang {
+            "did not start within"
+        } else {
+            "failed to start"
+        };
+        assert!(
+            body["message"].as_str().unwrap().contains(expected),
+            "{body}"
+        );
+        assert!(harness.state.runner.sandbox_ids().is_empty());
+        let (status, body) = call(&harness, "GET", "/api/sandbox", None, Some(KEY)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
+    }
+}
+
+#[tokio::test]
 async fn starting_past_deadline_becomes_error() {
     let (harness, _dir, hang) = hanging(Duration::from_millis(500)).await;
+    let id = stored(&harness, "slow", SandboxState::Stopped).await.id;
     let started = Instant::now();
-    let (status, body) = call(&harness, "POST", "/api/sandbox", None, Some(KEY)).await;
+    let path = format!("/api/sandbox/{id}/start");
+    let (status, body) = call(&harness, "POST", &path, None, Some(KEY)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(body["state"], "error");
@@ -174,7 +202,6 @@ async fn starting_past_deadline_becomes_error() {
             .contains("did not finish within"),
         "{body}"
     );
-    let id = body["id"].as_str().unwrap().to_owned();
 
     // Entering error released CPU and memory (no cgroups) and kept the files.
     assert!(harness.state.runner.workload_usage(&id).is_none());
@@ -499,9 +526,28 @@ async fn restart_reconcile_matches_store_and_runner() {
 async fn every_transition_publishes_an_event() {
     let harness = plain().await;
     let mut events = harness.state.events.subscribe();
-    let (status, body) = call(&harness, "POST", "/api/sandbox", None, Some(KEY)).await;
-    assert_eq!(status, StatusCode::OK);
-    let id = body["id"].as_str().unwrap().to_owned();
+    // The create fails in the runtime and leaves nothing.
+    let (status, _) = call(&harness, "POST", "/api/sandbox", None, Some(KEY)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let mut created = None;
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(describe(&event));
+        if let Event::Created { sandbox } = event {
+            created = Some(sandbox.id);
+        }
+    }
+    assert!(created.is_some());
+    assert_eq!(
+        seen,
+        ["created", "creating->starting", "starting->destroyed"]
+    );
+
+    // A start that fails moves the sandbox to error; a delete ends it.
+    let id = stored(&harness, "events", SandboxState::Stopped).await.id;
+    let path = format!("/api/sandbox/{id}/start");
+    let (status, body) = call(&harness, "POST", &path, None, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     call(
         &harness,
         "DELETE",
@@ -513,31 +559,33 @@ async fn every_transition_publishes_an_event() {
 
     let mut seen = Vec::new();
     while let Ok(event) = events.try_recv() {
-        match event {
-            Event::Created { sandbox } => {
-                assert_eq!(sandbox.id, id);
-                seen.push("created".to_owned());
-            }
-            Event::StateUpdated {
-                sandbox,
-                old_state,
-                new_state,
-            } => {
-                assert_eq!(sandbox.state, new_state);
-                seen.push(format!("{old_state}->{new_state}"));
-            }
-        }
+        seen.push(describe(&event));
     }
     assert_eq!(
         seen,
         [
-            "created",
-            "creating->starting",
+            "stopped->starting",
             "starting->error",
             "error->destroying",
             "destroying->destroyed"
         ]
     );
+}
+
+/// Names an event as `created` or `old->new`, checking that the sandbox it carries is in the
+/// new state.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Created { .. } => "created".to_owned(),
+        Event::StateUpdated {
+            sandbox,
+            old_state,
+            new_state,
+        } => {
+            assert_eq!(sandbox.state, *new_state);
+            format!("{old_state}->{new_state}")
+        }
+    }
 }
 
 #[tokio::test]
@@ -546,16 +594,29 @@ async fn concurrent_creates_and_deletes_leave_nothing() {
     let state = harness.state.clone();
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(15));
     let mut tasks = Vec::new();
-    for _ in 0..40 {
+    for index in 0..40 {
         let state = state.clone();
         let semaphore = semaphore.clone();
+        // Half create (which fails in this runtime and cleans up after itself); half start a
+        // stopped sandbox and delete it while the start may still run.
+        let stopped = if index % 2 == 0 {
+            None
+        } else {
+            Some(stored(&harness, &format!("racer-{index}"), SandboxState::Stopped).await)
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = semaphore.acquire().await.unwrap();
             let harness = Harness::from_state(state);
-            let (status, body) = call(&harness, "POST", "/api/sandbox", None, Some(KEY)).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            let path = format!("/api/sandbox/{}", body["id"].as_str().unwrap());
-            let (status, body) = call(&harness, "DELETE", &path, None, Some(KEY)).await;
+            let Some(record) = stopped else {
+                let (status, body) = call(&harness, "POST", "/api/sandbox", None, Some(KEY)).await;
+                assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+                return;
+            };
+            let path = format!("/api/sandbox/{}", record.id);
+            let start_path = format!("{path}/start");
+            let start = call(&harness, "POST", &start_path, None, Some(KEY));
+            let delete = call(&harness, "DELETE", &path, None, Some(KEY));
+            let (_, (status, body)) = tokio::join!(start, delete);
             assert_eq!(status, StatusCode::OK, "{body}");
         }));
     }

@@ -16,7 +16,7 @@ use daytona_wire::api::SandboxState;
 
 use super::signing::current_key;
 use crate::auth::{Caller, bearer_token};
-use crate::error::ApiError;
+use crate::error::{ApiError, error_chain};
 use crate::signing::{self, SignatureError};
 use crate::state::{AppState, ToolboxRoute};
 
@@ -42,7 +42,7 @@ pub async fn forward(
         None => {
             let caller = Caller::from_request_parts(&mut parts, &state).await?;
             let route = authorize_caller(&state, &caller, &sandbox_id).await?;
-            (route, rest_of_path(&parts, &sandbox_id))
+            (route, rest_of_path(&parts))
         }
     };
     let request = Request::from_parts(parts, body);
@@ -60,27 +60,34 @@ pub async fn forward(
                 ),
             ))
         }
-        Err(error) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "BAD_GATEWAY",
-            format!("the toolbox of sandbox {sandbox_id} failed to answer: {error}"),
-        )),
+        Err(error) => {
+            let chain = error_chain(&error);
+            tracing::warn!(sandbox_id, error = %chain, "toolbox exchange failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "BAD_GATEWAY",
+                format!("the toolbox of sandbox {sandbox_id} failed to answer: {chain}"),
+            ))
+        }
     }
 }
 
-/// Returns the path and query after `/toolbox/{sandboxId}`, which the daemon receives.
-fn rest_of_path(parts: &Parts, sandbox_id: &str) -> String {
-    let prefix_len = "/toolbox/".len() + sandbox_id.len();
+/// Returns the path and query after `/toolbox/{sandboxId}`, which the daemon receives, as
+/// the client wrote them (still percent-encoded). The id segment is skipped in its raw form,
+/// which may be longer than the decoded id.
+fn rest_of_path(parts: &Parts) -> String {
     let path_and_query = parts
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let rest = path_and_query.get(prefix_len..).unwrap_or("/");
-    if rest.starts_with('/') {
-        rest.to_owned()
-    } else {
-        format!("/{rest}")
+    let after_prefix = path_and_query
+        .strip_prefix("/toolbox/")
+        .unwrap_or(path_and_query);
+    match after_prefix.find(['/', '?']) {
+        Some(end) if after_prefix[end..].starts_with('/') => after_prefix[end..].to_owned(),
+        Some(end) => format!("/{}", &after_prefix[end..]),
+        None => "/".to_owned(),
     }
 }
 
@@ -89,12 +96,27 @@ async fn authorize_caller(
     caller: &Caller,
     sandbox_id: &str,
 ) -> Result<ToolboxRoute, ApiError> {
-    match state
+    if let Some(route) = state
         .route(sandbox_id)
         .filter(|route| route.organization_id == caller.organization_id)
     {
-        Some(route) => Ok(route),
-        None => Err(not_routable(state, &caller.organization_id, sandbox_id).await),
+        return Ok(route);
+    }
+    // The sandbox may be named rather than given by id.
+    match state
+        .store
+        .sandbox_by_id_or_name(&caller.organization_id, sandbox_id)
+        .await
+    {
+        Ok(Some(record)) if record.id != sandbox_id => match state
+            .route(&record.id)
+            .filter(|route| route.organization_id == caller.organization_id)
+        {
+            Some(route) => Ok(route),
+            None => Err(not_routable(state, &caller.organization_id, sandbox_id).await),
+        },
+        Ok(_) => Err(not_routable(state, &caller.organization_id, sandbox_id).await),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -235,5 +257,28 @@ async fn authorize_signed(
     match state.route(&record.id) {
         Some(route) => Ok(route),
         None => Err(not_routable(state, &record.organization_id, &record.id).await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::rest_of_path;
+
+    fn rest(uri: &str) -> String {
+        let (parts, ()) = Request::get(uri).body(()).unwrap().into_parts();
+        rest_of_path(&parts)
+    }
+
+    #[test]
+    fn rest_of_path_skips_the_raw_id_segment() {
+        assert_eq!(rest("/toolbox/abc/files?path=%2Ftmp"), "/files?path=%2Ftmp");
+        // An encoded id is longer in the URI than decoded; the rest must not lose characters.
+        assert_eq!(
+            rest("/toolbox/my%2Dbox/process/execute"),
+            "/process/execute"
+        );
+        assert_eq!(rest("/toolbox/%61%62%63/files/"), "/files/");
     }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use tokio::signal::unix::{SignalKind, signal};
+use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -63,8 +65,25 @@ pub fn router(toolbox: Arc<Toolbox>) -> Router {
         )
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // A panicking handler answers 500 in the error shape instead of dropping the
+        // connection, which the proxy could only report as a failed exchange.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(error_body))
         .with_state(toolbox)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message");
+    tracing::error!(panic = message, "a toolbox request handler panicked");
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "the toolbox failed while handling the request",
+    )
+        .into_response()
 }
 
 /// Serves the toolbox API on `listener` until SIGTERM or SIGINT.

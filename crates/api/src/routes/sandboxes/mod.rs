@@ -7,6 +7,7 @@ mod list;
 mod settings;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use axum::Json;
@@ -58,12 +59,14 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
         && name.len() <= MAX_NAME_LEN
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        // `.` and `..` would read as path segments in URLs that carry the name.
+        && !name.chars().all(|c| c == '.');
     if valid {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "invalid sandbox name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
+            "invalid sandbox name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not only dots"
         )))
     }
 }
@@ -80,6 +83,33 @@ fn validate_user(user: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_request(format!(
             "invalid user {user:?}: use a POSIX user name such as 'daytona' or 'root'"
+        )))
+    }
+}
+
+/// Checks that the image has an account named `user`, in the `/etc/passwd` of the topmost
+/// layer that has one, so that a create for a missing user is refused before anything starts.
+fn check_user_in_image(layers: &[PathBuf], user: &str, snapshot: &str) -> Result<(), ApiError> {
+    let Some(passwd) = layers
+        .iter()
+        .rev()
+        .map(|layer| layer.join("etc/passwd"))
+        .find(|path| path.is_file())
+    else {
+        return Err(ApiError::bad_request(format!(
+            "snapshot {snapshot:?} has no /etc/passwd, so it has no user {user:?}"
+        )));
+    };
+    let text = std::fs::read_to_string(&passwd)
+        .map_err(|error| ApiError::internal("failed to read the image's user database", error))?;
+    let found = text
+        .lines()
+        .any(|line| line.split(':').next() == Some(user));
+    if found {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "snapshot {snapshot:?} has no user {user:?}; use a user its /etc/passwd lists, such as 'daytona' or 'root'"
         )))
     }
 }
@@ -245,6 +275,8 @@ pub async fn create(
                 snapshot.name
             ))
         })?;
+
+    check_user_in_image(&layers, &user, &snapshot.name)?;
 
     let limits = &state.config.limits;
     let cpu = resource(
