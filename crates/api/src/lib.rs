@@ -25,4 +25,6 @@ pub use server::run;
 #[cfg(test)]
 mod orgs_tests;
 #[cfg(test)]
+mod snapshots_tests;
+#[cfg(test)]
 mod tests;

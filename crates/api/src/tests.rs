@@ -279,7 +279,9 @@ async fn invalid_create_fields_are_400() {
         json!({"env": {"1BAD": "x"}}),
         json!({"labels": {"code-toolbox-language": "cobol"}}),
         json!({"gpu": 1}),
-        json!({"volumes": [{"volumeId": "v", "mountPath": "/data"}]}),
+        json!({"volumes": [{"volumeId": "v", "mountPath": "data"}]}),
+        json!({"volumes": [{"volumeId": "v", "mountPath": "/proc/x"}]}),
+        json!({"volumes": [{"volumeId": "v", "mountPath": "/data", "subpath": "../x"}]}),
         json!({"buildInfo": {"dockerfileContent": "FROM x"}}),
         json!({"autoDeleteInterval": -5}),
     ] {

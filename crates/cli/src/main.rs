@@ -3,6 +3,7 @@
 mod client;
 mod image;
 mod server;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -21,9 +22,10 @@ enum Command {
     /// Manage sandboxes through the API at DAYTONA_API_URL.
     #[command(subcommand)]
     Sandbox(client::SandboxCommand),
-    /// Manage snapshots through the API at DAYTONA_API_URL.
+    /// Manage snapshots: list them through the API at DAYTONA_API_URL, import and export
+    /// images in the image store.
     #[command(subcommand)]
-    Snapshot(client::SnapshotCommand),
+    Snapshot(snapshot::SnapshotCommand),
     /// Work on an image store directly, without a server.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -34,7 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(args) => server::run(args),
         Command::Sandbox(command) => client::run_sandbox(command),
-        Command::Snapshot(command) => client::run_snapshot(command),
+        Command::Snapshot(command) => snapshot::run(command),
         Command::Image(command) => image::run(command),
     };
     match result {

@@ -585,3 +585,44 @@ async fn upload_into_unwritable_dir_is_403() {
         "{errors}"
     );
 }
+
+/// Sends `head` and `body` on a raw connection, the body's last two bytes late, and returns
+/// everything the daemon wrote back until it closed the connection or `idle` passed.
+async fn send_with_late_tail(daemon: &Daemon, head: &str, body: &[u8], idle: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .unwrap();
+    let (early, late) = body.split_at(body.len() - 2);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(early).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The daemon must still read this: a closed connection would fail it or lose the reply.
+    stream.write_all(late).await.unwrap();
+    let second = "GET /files/info?path=%2F HTTP/1.1\r\nhost: sandbox\r\nconnection: close\r\n\r\n";
+    stream.write_all(second.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(idle, stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn upload_with_late_epilogue_keeps_connection() {
+    let daemon = Daemon::start().await;
+    let boundary = "XyZ";
+    let body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nhello\r\n--{boundary}--\r\n"
+    );
+    let path = daemon.home.join("late.txt");
+    let head = format!(
+        "POST /files/upload?path={} HTTP/1.1\r\nhost: sandbox\r\ncontent-type: multipart/form-data; boundary={boundary}\r\ncontent-length: {}\r\n\r\n",
+        path.display(),
+        body.len()
+    );
+    let replies =
+        send_with_late_tail(&daemon, &head, body.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello");
+    // Both requests were answered on the one connection.
+    assert_eq!(replies.matches("HTTP/1.1 200 OK").count(), 2, "{replies}");
+}

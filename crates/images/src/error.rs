@@ -79,4 +79,64 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    #[error(
+        "invalid image name {name:?}: use 1 to 128 letters, digits and '.', '_', '-', ':', '/', starting with a letter or digit"
+    )]
+    InvalidName { name: String },
+    #[error("image {name:?} already exists; delete it first or import under another name")]
+    ImageExists { name: String },
+    #[error("image {name:?} not found in the image store")]
+    ImageNotFound { name: String },
+    #[error("{} is neither an OCI image layout (a directory or tar with an oci-layout file) nor a docker-archive (a tar with manifest.json)", path.display())]
+    UnknownSourceFormat { path: PathBuf },
+    #[error("failed to read the archive {}", path.display())]
+    ReadArchive {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} has no entry {entry:?}", path.display())]
+    SourceEntryMissing { path: PathBuf, entry: String },
+    #[error("{} holds {} images ({}); name one with a tag", path.display(), available.len(), available.join(", "))]
+    AmbiguousSource {
+        path: PathBuf,
+        available: Vec<String>,
+    },
+    #[error("{} has no image tagged {tag:?}; it has: {}", path.display(), available.join(", "))]
+    TagNotFound {
+        path: PathBuf,
+        tag: String,
+        available: Vec<String>,
+    },
+    #[error("{} has no image for linux/{architecture}", path.display())]
+    NoPlatform { path: PathBuf, architecture: String },
+    #[error("{entry:?} has digest {actual}, but {expected} was expected; the image is corrupt")]
+    SourceDigestMismatch {
+        entry: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{entry:?} has {actual} bytes, but its descriptor says {expected}")]
+    SourceSizeMismatch {
+        entry: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("unsupported media type {media_type:?} for {what}")]
+    UnsupportedMediaType {
+        what: &'static str,
+        media_type: String,
+    },
+    #[error("the image lists {layers} layers, but its configuration lists {diff_ids} diff IDs")]
+    LayerCountMismatch { layers: usize, diff_ids: usize },
+    #[error("{} already exists; choose a new output path", path.display())]
+    OutputExists { path: PathBuf },
+    #[error("failed to remove {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("fault injected at step {step}")]
+    FaultInjected { step: &'static str },
 }

@@ -24,9 +24,16 @@
 //! not use the `userxattr` option.
 
 mod error;
+mod export;
+mod fault;
+mod gc;
+mod import;
+#[cfg(test)]
+mod import_tests;
 mod oci;
 pub mod pack;
 pub mod recipe;
+mod source;
 mod store;
 pub mod unpack;
 mod xattr;
@@ -34,6 +41,9 @@ mod xattr;
 use std::path::PathBuf;
 
 pub use error::Error;
+pub use export::ExportFormat;
+pub use gc::Removal;
+pub use import::is_valid_name;
 pub use recipe::{BuildError, DebianRecipe, Recipe};
 pub use store::ImageStore;
 

@@ -6,6 +6,7 @@
 //! <root>/blobs/sha256/<hex>       manifests, configs and layer tars
 //! <root>/layers/sha256/<hex>/     one unpacked tree per layer, by diff ID (layers/ is 0700)
 //! <root>/tmp/                     temporaries of the current writer (mode 0700)
+//! <root>/journal/                 objects an import or removal in progress may leave behind
 //! <root>/lock                     flock(2) held by the current writer
 //! ```
 //!
@@ -45,7 +46,7 @@ use crate::unpack::unpack_layer;
 use crate::{DEFAULT_SNAPSHOT, Error, Image, ImageConfig, Progress};
 
 const LOCK_FILE: &str = "lock";
-const INDEX_FILE: &str = "index.json";
+pub(crate) const INDEX_FILE: &str = "index.json";
 const LAYOUT_FILE: &str = "oci-layout";
 const TEMP_DIR: &str = "tmp";
 
@@ -72,6 +73,7 @@ impl ImageStore {
         create_dir(&store.root.join("layers"), 0o700)?;
         create_dir(&store.root.join("layers/sha256"), 0o755)?;
         create_dir(&store.temp_dir(), 0o700)?;
+        create_dir(&store.journal_dir(), 0o700)?;
 
         if let Some(_lock) = store.try_lock()? {
             store.remove_temporaries();
@@ -417,7 +419,7 @@ impl ImageStore {
         Ok(layer_dir)
     }
 
-    fn load(&self, name: &str, descriptor: &Descriptor) -> Result<Image, Error> {
+    pub(crate) fn load(&self, name: &str, descriptor: &Descriptor) -> Result<Image, Error> {
         let manifest: ImageManifest = self.read_json_blob(&descriptor.digest)?;
         let configuration: ImageConfiguration = self.read_json_blob(&manifest.config.digest)?;
 
@@ -457,7 +459,7 @@ impl ImageStore {
         })
     }
 
-    fn read_index(&self) -> Result<ImageIndex, Error> {
+    pub(crate) fn read_index(&self) -> Result<ImageIndex, Error> {
         let path = self.root.join(INDEX_FILE);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -470,7 +472,7 @@ impl ImageStore {
     }
 
     /// Reads a JSON blob and checks that its content matches its digest.
-    fn read_json_blob<T: DeserializeOwned>(&self, digest: &str) -> Result<T, Error> {
+    pub(crate) fn read_json_blob<T: DeserializeOwned>(&self, digest: &str) -> Result<T, Error> {
         let path = self.blob_path(digest)?;
         let bytes = fs::read(&path).map_err(|source| Error::ReadFile {
             path: path.clone(),
@@ -488,7 +490,7 @@ impl ImageStore {
 
     /// Stores `bytes` as a blob unless it exists and returns its digest; the caller holds the
     /// lock.
-    fn write_blob(&self, bytes: &[u8]) -> Result<String, Error> {
+    pub(crate) fn write_blob(&self, bytes: &[u8]) -> Result<String, Error> {
         let digest = oci::sha256_digest(bytes);
         let path = self.blob_path(&digest)?;
         if !path.exists() {
@@ -498,7 +500,7 @@ impl ImageStore {
     }
 
     /// Replaces `path` with `bytes` through a synced temporary; the caller holds the lock.
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
         let temp = self.temp_path("file");
         let write_error = |source| Error::WriteFile {
             path: temp.clone(),
@@ -513,7 +515,7 @@ impl ImageStore {
 
     /// Renames `temp` to `path` and syncs the parent directory so that the rename survives a
     /// crash.
-    fn rename_into_place(&self, temp: &Path, path: &Path) -> Result<(), Error> {
+    pub(crate) fn rename_into_place(&self, temp: &Path, path: &Path) -> Result<(), Error> {
         let rename_error = |source| Error::WriteFile {
             path: path.to_owned(),
             source,
@@ -540,14 +542,14 @@ impl ImageStore {
         Ok(())
     }
 
-    fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
         let hex = oci::sha256_hex(digest).ok_or_else(|| Error::InvalidDigest {
             digest: digest.to_owned(),
         })?;
         Ok(self.root.join("blobs/sha256").join(hex))
     }
 
-    fn layer_path(&self, diff_id: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn layer_path(&self, diff_id: &str) -> Result<PathBuf, Error> {
         let hex = oci::sha256_hex(diff_id).ok_or_else(|| Error::InvalidDigest {
             digest: diff_id.to_owned(),
         })?;
@@ -559,16 +561,17 @@ impl ImageStore {
     }
 
     /// Returns a fresh name in `tmp/`: process id plus a per-process counter.
-    fn temp_path(&self, kind: &str) -> PathBuf {
+    pub(crate) fn temp_path(&self, kind: &str) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let count = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.temp_dir()
             .join(format!("{kind}-{}-{count}", std::process::id()))
     }
 
-    /// Removes everything in `tmp/`; only called while holding the lock, when every temporary
+    /// Removes everything in `tmp/` and the unreferenced objects that interrupted writers listed
+    /// in `journal/`; only called while holding the lock, when every temporary
     /// there belongs to a writer that is gone.
-    fn remove_temporaries(&self) {
+    pub(crate) fn remove_temporaries(&self) {
         let entries = match fs::read_dir(self.temp_dir()) {
             Ok(entries) => entries,
             Err(error) => {
@@ -580,6 +583,7 @@ impl ImageStore {
             tracing::info!(path = %entry.path().display(), "removing stale image store temporary");
             remove_temporary(&entry.path());
         }
+        self.recover_journals();
     }
 
     fn lock_file(&self) -> Result<File, Error> {
@@ -594,7 +598,7 @@ impl ImageStore {
             .map_err(|source| Error::Lock { path, source })
     }
 
-    fn try_lock(&self) -> Result<Option<StoreLock>, Error> {
+    pub(crate) fn try_lock(&self) -> Result<Option<StoreLock>, Error> {
         match Flock::lock(self.lock_file()?, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(lock)),
             Err((_, Errno::EWOULDBLOCK)) => Ok(None),
@@ -605,7 +609,7 @@ impl ImageStore {
         }
     }
 
-    fn lock_blocking(&self) -> Result<StoreLock, Error> {
+    pub(crate) fn lock_blocking(&self) -> Result<StoreLock, Error> {
         let mut file = self.lock_file()?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusive) {
@@ -621,7 +625,7 @@ impl ImageStore {
         }
     }
 
-    async fn lock(&self, progress: Progress<'_>) -> Result<StoreLock, Error> {
+    pub(crate) async fn lock(&self, progress: Progress<'_>) -> Result<StoreLock, Error> {
         if let Some(lock) = self.try_lock()? {
             return Ok(lock);
         }
@@ -633,7 +637,7 @@ impl ImageStore {
     }
 }
 
-fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
+pub(crate) fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
     Descriptor {
         media_type: media_type.to_owned(),
         digest: digest.to_owned(),
@@ -643,17 +647,17 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("OCI documents always serialize")
 }
 
-fn rfc3339(at: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339)
         .expect("a UTC timestamp always formats as RFC 3339")
 }
 
 /// Returns the OCI (Go) name of this machine's architecture.
-fn oci_architecture() -> &'static str {
+pub(crate) fn oci_architecture() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -662,7 +666,7 @@ fn oci_architecture() -> &'static str {
     }
 }
 
-fn create_dir(path: &Path, mode: u32) -> Result<(), Error> {
+pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<(), Error> {
     DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -680,7 +684,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
     })
 }
 
-fn create_new_file(path: &Path) -> io::Result<File> {
+pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -690,7 +694,7 @@ fn create_new_file(path: &Path) -> io::Result<File> {
 
 /// Removes a temporary file or tree, logging failures. A tree with a mount point below it is
 /// left alone, because removing it would delete files of the mounted filesystem.
-fn remove_temporary(path: &Path) {
+pub(crate) fn remove_temporary(path: &Path) {
     let mounts = mount_points_under(path);
     if !mounts.is_empty() {
         tracing::warn!(path = %path.display(), ?mounts, "not removing a temporary with mount points below it");

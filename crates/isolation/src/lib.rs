@@ -20,6 +20,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cgroup;
+pub mod disk;
 pub mod launcher;
 mod pid1;
 pub mod run_dir;

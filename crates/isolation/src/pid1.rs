@@ -22,7 +22,7 @@ use nix::unistd::{
     Gid, Uid, chdir, execve, pivot_root, setgroups, sethostname, setresgid, setresuid, setsid,
 };
 
-use crate::setup::{SetupError, StatusPipe, path_to_cstring};
+use crate::setup::{DetachedVolume, SetupError, StatusPipe, path_to_cstring};
 use crate::spec::{DAEMON_PATH_IN_SANDBOX, ETC_FILES, ROOTFS_DIR, SandboxSpec};
 use crate::sys;
 
@@ -71,13 +71,22 @@ const DEV_SYMLINKS: [(&str, &str); 5] = [
 ];
 
 /// Runs PID 1 up to the exec of the daemon; reports a failure on the status pipe and exits.
-pub(crate) fn run(spec: &SandboxSpec, listener: UnixListener, status: &StatusPipe) -> ! {
-    let Err(err) = start(spec, listener);
+pub(crate) fn run(
+    spec: &SandboxSpec,
+    listener: UnixListener,
+    volumes: Vec<DetachedVolume>,
+    status: &StatusPipe,
+) -> ! {
+    let Err(err) = start(spec, listener, volumes);
     status.error(&err);
     std::process::exit(1)
 }
 
-fn start(spec: &SandboxSpec, listener: UnixListener) -> Result<Infallible, SetupError> {
+fn start(
+    spec: &SandboxSpec,
+    listener: UnixListener,
+    volumes: Vec<DetachedVolume>,
+) -> Result<Infallible, SetupError> {
     // a. A session of its own, so that signals to the runner's process group (Ctrl-C in a
     //    terminal, a service manager stopping the runner) do not reach the sandbox.
     setsid().map_err(SetupError::system("create a session"))?;
@@ -109,6 +118,10 @@ fn start(spec: &SandboxSpec, listener: UnixListener) -> Result<Infallible, Setup
 
     // f. Attach the host mounts inside the sandbox root.
     host.attach()?;
+    for volume in &volumes {
+        attach_volume(volume)?;
+    }
+    drop(volumes);
 
     // g. The daemon binary belongs to host root, which the sandbox does not map, so the
     //    kernel makes `init` non-dumpable at exec: its memory, environment and /proc entries
@@ -438,6 +451,33 @@ fn attach_etc_file(file: &Detached, target: &Path) -> Result<(), SetupError> {
         create_file(target, 0o644)?;
     }
     file.attach(target, libc::MOVE_MOUNT_T_SYMLINKS)
+}
+
+/// Attaches a volume at its mount path, creating the missing directories as the sandbox's
+/// root. Symlinks on the way resolve inside the sandbox root; the mount point itself must be
+/// a directory.
+fn attach_volume(volume: &DetachedVolume) -> Result<(), SetupError> {
+    let target = &volume.mount.target;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(target)
+        .map_err(prepare_error(target))?;
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(prepare_error(target)(io::Error::from_raw_os_error(
+                libc::ENOTDIR,
+            )));
+        }
+        Err(err) => return Err(prepare_error(target)(err)),
+    }
+    let attach = || sys::move_mount(volume.tree.as_fd(), &path_to_cstring(target)?, 0);
+    attach().map_err(|source| SetupError::Attach {
+        source_path: volume.mount.source.clone(),
+        target: target.clone(),
+        source,
+    })
 }
 
 /// Hides a path: `/dev/null` over a file, an empty read-only tmpfs over a directory.

@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 
-use crate::spec::{LOWER_DIR, ROOTFS_DIR, SandboxSpec};
+use crate::spec::{DISK_DIR, LOWER_DIR, ROOTFS_DIR, SandboxSpec};
 
 /// Errors of preparing a run directory.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,11 @@ pub fn prepare(spec: &SandboxSpec) -> Result<(), RunDirError> {
     )?;
     write_file(&spec.run_dir.join("hosts"), &hosts_file(&spec.hostname))?;
     write_file(&spec.run_dir.join("resolv.conf"), RESOLV_CONF)?;
+
+    // With a disk image, the setup stage creates the upper and work directories inside it.
+    if spec.disk_image.is_some() {
+        return create_dir(&spec.run_dir.join(DISK_DIR), 0o700);
+    }
 
     // The upper directory's root becomes the sandbox's `/`, so root inside must own it.
     let root = spec.id_map.host_base;

@@ -12,6 +12,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,11 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::unistd::{ForkResult, Pid, chdir, fork};
 
+use crate::disk;
 use crate::pid1;
-use crate::spec::{IdMap, LOWER_DIR, ROOTFS_DIR, SandboxSpec, TOOLBOX_SOCKET};
+use crate::spec::{
+    DISK_DIR, IdMap, LOWER_DIR, ROOTFS_DIR, SandboxSpec, TOOLBOX_SOCKET, VolumeMount,
+};
 use crate::sys;
 
 /// The spec arrives on this descriptor.
@@ -61,6 +65,23 @@ pub enum SetupError {
     #[error("failed to ID-map layer {layer} onto {target}")]
     IdmapLayer {
         layer: PathBuf,
+        target: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("failed to mount the disk image {image} on {target}")]
+    MountDisk {
+        image: PathBuf,
+        target: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("failed to prepare {path} in the sandbox's disk")]
+    PrepareDisk { path: PathBuf, source: io::Error },
+
+    #[error("failed to ID-map volume {volume} for {target}")]
+    IdmapVolume {
+        volume: PathBuf,
         target: PathBuf,
         source: io::Error,
     },
@@ -167,7 +188,13 @@ fn run(status: &StatusPipe) -> Result<(), SetupError> {
     // 4. A private mount namespace, still owned by the host's user namespace, so that host
     //    root can mount the overlay over ID-mapped layers. None of it reaches the host.
     enter_private_mount_namespace()?;
+    if let Some(image) = &spec.disk_image {
+        mount_disk(&spec, image)?;
+    }
     mount_root_overlay(&spec, &userns)?;
+    // ID-mapping needs host root, so the volumes are prepared here; PID 1 attaches them
+    // inside the sandbox root, where it creates their mount points as the sandbox's root.
+    let volumes = open_volumes(&spec, &userns)?;
 
     // 5. Enter the user namespace, then create every other namespace from inside it, so that
     //    the sandbox's root owns them.
@@ -185,14 +212,17 @@ fn run(status: &StatusPipe) -> Result<(), SetupError> {
     .map_err(SetupError::system("create the sandbox namespaces"))?;
 
     // 6. The child is PID 1 of the new PID namespace. This process exits right after
-    //    reporting it, so PID 1 is reparented away from the runner.
+    //    reporting it, so PID 1 is reparented away from the runner. PID 1 shares this
+    //    process's mount namespace, so its pivot_root moves this process's root too, onto
+    //    the sandbox's /proc: the host's procfs is opened before the fork.
+    let host_proc = File::open("/proc").map_err(|source| SetupError::Report { source })?;
     // SAFETY: this process is single-threaded, so the child may run arbitrary code.
     match unsafe { fork() }.map_err(|errno| SetupError::Fork {
         source: errno.into(),
     })? {
-        ForkResult::Child => pid1::run(&spec, listener, status),
+        ForkResult::Child => pid1::run(&spec, listener, volumes, status),
         ForkResult::Parent { child } => {
-            let reported = status.pid(child);
+            let reported = status.pid(&host_proc, child);
             helper.reap();
             reported
         }
@@ -401,6 +431,118 @@ fn mount_root_overlay(spec: &SandboxSpec, userns: &OwnedFd) -> Result<(), SetupE
     })
 }
 
+/// Mounts the disk image at [`DISK_DIR`] in the run directory (the working directory) and
+/// creates the upper and work directories in it for the sandbox's root. The filesystem's root
+/// holds nothing the sandbox can change, so the paths cannot lead elsewhere.
+fn mount_disk(spec: &SandboxSpec, image: &Path) -> Result<(), SetupError> {
+    let target = spec.run_dir.join(DISK_DIR);
+    disk::mount_image(image, Path::new(DISK_DIR)).map_err(|source| SetupError::MountDisk {
+        image: image.to_path_buf(),
+        target,
+        source,
+    })?;
+    let root = spec.id_map.host_base;
+    for (dir, mode) in [(&spec.upper_dir, 0o755), (&spec.overlay_work_dir, 0o700)] {
+        let prepare = || -> io::Result<()> {
+            match fs::DirBuilder::new().mode(mode).create(dir) {
+                Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+                _ => {}
+            }
+            std::os::unix::fs::chown(dir, Some(root), Some(root))
+        };
+        prepare().map_err(|source| SetupError::PrepareDisk {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// A volume ID-mapped for the sandbox, not attached yet.
+pub(crate) struct DetachedVolume {
+    pub(crate) mount: VolumeMount,
+    pub(crate) tree: OwnedFd,
+}
+
+/// Clones each volume's directory as a detached, ID-mapped mount without setuid programs
+/// and devices. With the sandbox's ID map, a file that uid 1000 of any sandbox writes is
+/// stored with uid 1000, so every sandbox that mounts the volume sees the same owners.
+fn open_volumes(spec: &SandboxSpec, userns: &OwnedFd) -> Result<Vec<DetachedVolume>, SetupError> {
+    spec.volumes
+        .iter()
+        .map(|volume| {
+            let open = || -> io::Result<OwnedFd> {
+                let target = volume.target.to_str().unwrap_or_default();
+                if let Err(invalid) = crate::spec::check_mount_path(target) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, invalid));
+                }
+                let dir = open_volume_dir(&volume.source, volume.subpath.as_deref())?;
+                let tree = sys::open_tree(
+                    dir.as_raw_fd(),
+                    c"",
+                    libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32,
+                )?;
+                let attr = libc::mount_attr {
+                    attr_set: libc::MOUNT_ATTR_IDMAP
+                        | libc::MOUNT_ATTR_NOSUID
+                        | libc::MOUNT_ATTR_NODEV,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: userns.as_raw_fd() as u64,
+                };
+                sys::mount_setattr(tree.as_fd(), 0, &attr)?;
+                Ok(tree)
+            };
+            let tree = open().map_err(|source| SetupError::IdmapVolume {
+                volume: volume.source.clone(),
+                target: volume.target.clone(),
+                source,
+            })?;
+            Ok(DetachedVolume {
+                mount: volume.clone(),
+                tree,
+            })
+        })
+        .collect()
+}
+
+/// Opens the directory `subpath` of a volume, creating the missing components (mode 0777,
+/// like the volume's root). Each component is opened relative to its parent without
+/// following symlinks, so a symlink that a sandbox placed in the volume cannot lead outside.
+fn open_volume_dir(root: &Path, subpath: Option<&Path>) -> io::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, fchmod, mkdirat};
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir: OwnedFd = File::open(root)?.into();
+    let Some(subpath) = subpath else {
+        return Ok(dir);
+    };
+    for component in subpath.components() {
+        let std::path::Component::Normal(name) = component else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid volume subpath {}", subpath.display()),
+            ));
+        };
+        match mkdirat(&dir, name, Mode::from_bits_truncate(0o777)) {
+            Ok(()) => {
+                let created = openat(
+                    &dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                // The umask took bits away.
+                fchmod(&created, Mode::from_bits_truncate(0o777))?;
+            }
+            Err(nix::errno::Errno::EEXIST) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        dir = openat(&dir, name, flags, Mode::empty())?;
+    }
+    Ok(dir)
+}
+
 fn idmap_layer(layer: &Path, target: &Path, userns: &OwnedFd) -> io::Result<()> {
     let layer = path_to_cstring(layer)?;
     let tree = sys::open_tree(
@@ -481,8 +623,8 @@ impl StatusPipe {
     /// Reports PID 1 by its host pid and start time (field 22 of `/proc/<pid>/stat`), which
     /// together identify it across pid reuse. PID 1 cannot be reaped before this process
     /// exits, so its `/proc` entry is still the right one.
-    fn pid(&self, child: Pid) -> Result<(), SetupError> {
-        let start_time = crate::spawn::read_start_time(child.as_raw())
+    fn pid(&self, host_proc: &File, child: Pid) -> Result<(), SetupError> {
+        let start_time = crate::spawn::read_start_time_in(host_proc, child.as_raw())
             .map_err(|source| SetupError::Report { source })?;
         self.write_line(&format!("pid {child} {start_time}\n"))
             .map_err(|source| SetupError::Report { source })

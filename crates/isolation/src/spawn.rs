@@ -258,6 +258,25 @@ pub fn read_start_time(pid: i32) -> io::Result<u64> {
     read_stat(pid).map(|stat| stat.start_time)
 }
 
+/// Reads field 22 of `<pid>/stat` below `proc_dir`, an open procfs directory. A descriptor
+/// opened before a `pivot_root` keeps reaching the procfs it was opened on.
+pub(crate) fn read_start_time_in(proc_dir: &std::fs::File, pid: i32) -> io::Result<u64> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    let fd = nix::fcntl::openat(
+        proc_dir.as_fd(),
+        format!("{pid}/stat").as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut content = String::new();
+    std::fs::File::from(fd).read_to_string(&mut content)?;
+    parse_stat(&content)
+        .map(|stat| stat.start_time)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
+}
+
 /// Returns the current boot id, read once per process.
 pub fn boot_id() -> Result<String, SpawnError> {
     static BOOT_ID: OnceLock<String> = OnceLock::new();

@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use daytona_isolation::spawn::SandboxProcess;
+use daytona_isolation::spec::{DISK_DIR, VolumeMount};
 use serde::{Deserialize, Serialize};
 
 /// Resource limits of a sandbox.
@@ -45,6 +46,17 @@ pub struct InstanceRecord {
     /// Whether the sandbox waits in the warm pool, not yet handed to anyone.
     #[serde(default)]
     pub pooled: bool,
+    /// Host directories mounted into the sandbox.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// Whether the sandbox's writable layer lives in its disk image ([`InstanceDirs::disk_image`]),
+    /// which bounds it to `limits.disk_gib`. Sandboxes created before disk images existed, or
+    /// by a runner without loop devices, keep it in `upper` on the host filesystem.
+    #[serde(default)]
+    pub disk_image: bool,
+    /// Directory that commands start in; the user's home when `None`.
+    #[serde(default)]
+    pub work_dir: Option<String>,
 }
 
 /// Whether a sandbox's processes run.
@@ -77,6 +89,21 @@ impl InstanceDirs {
 
     pub fn overlay_work(&self) -> PathBuf {
         self.root.join("work")
+    }
+
+    /// The sparse file with the ext4 filesystem of the sandbox's writable layer.
+    pub fn disk_image(&self) -> PathBuf {
+        self.root.join("disk.img")
+    }
+
+    /// The upper directory inside the mounted disk image, as the setup stage sees it.
+    pub fn disk_upper(&self) -> PathBuf {
+        self.run().join(DISK_DIR).join("upper")
+    }
+
+    /// The overlay work directory inside the mounted disk image.
+    pub fn disk_overlay_work(&self) -> PathBuf {
+        self.run().join(DISK_DIR).join("work")
     }
 
     pub fn run(&self) -> PathBuf {

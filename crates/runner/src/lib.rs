@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod daemon_client;
+mod disk;
 mod instance;
 mod pool;
 mod runner;
@@ -15,6 +16,8 @@ mod runtime;
 mod slots;
 mod usage;
 
+pub use daytona_isolation::spec::{MountPathError, VolumeMount, check_mount_path};
+pub use disk::DiskError;
 pub use instance::{Limits, SandboxRuntimeState};
 pub use pool::PoolTemplate;
 pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError, UID_SLOT_REGISTRY};

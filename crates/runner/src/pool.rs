@@ -74,6 +74,8 @@ impl Runner {
                     user: template.user.clone(),
                     env: BTreeMap::new(),
                     limits: template.limits,
+                    volumes: Vec::new(),
+                    work_dir: None,
                 };
                 let result = runner.create_instance(params, true).await;
                 let outdated = {
@@ -100,12 +102,18 @@ impl Runner {
         }
     }
 
-    /// Takes a ready sandbox out of the warm pool if it matches `layers` and `user`. The
+    /// Takes a ready sandbox out of the warm pool if it matches `layers`, `user` and the disk
+    /// size `disk_gib`, which a running sandbox cannot change. The
     /// caller hands it over with [`Runner::finish_claim`], or gives it back with
     /// [`Runner::return_to_pool`].
     /// A pooled sandbox whose processes died is destroyed and replaced; one that an
     /// operation has locked at this moment is left in the pool.
-    pub fn claim(self: &Arc<Self>, layers: &[PathBuf], user: &str) -> Option<String> {
+    pub fn claim(
+        self: &Arc<Self>,
+        layers: &[PathBuf],
+        user: &str,
+        disk_gib: u32,
+    ) -> Option<String> {
         let mut busy = Vec::new();
         let claimed = loop {
             let candidate = {
@@ -113,7 +121,10 @@ impl Runner {
                 let Some(template) = pool.template.as_ref() else {
                     break None;
                 };
-                if template.layers != layers || template.user != user {
+                if template.layers != layers
+                    || template.user != user
+                    || template.limits.disk_gib != disk_gib
+                {
                     break None;
                 }
                 match pool.ready.pop_front() {

@@ -16,11 +16,13 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon_client::DaemonRequestError;
+use crate::disk::{self, DiskError};
 use crate::instance::{InstanceDirs, InstanceRecord, Limits, SandboxRuntimeState};
 use crate::pool::Pool;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::slots::Slots;
 use crate::usage::WorkloadUsage;
+use daytona_isolation::spec::VolumeMount;
 
 /// How long a stopping sandbox gets to end its processes after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -54,6 +56,12 @@ pub enum RunnerError {
     },
     #[error("the start of sandbox {sandbox_id} was interrupted")]
     Interrupted { sandbox_id: String },
+    #[error("failed to prepare the disk of sandbox {sandbox_id}")]
+    Disk {
+        sandbox_id: String,
+        #[source]
+        source: DiskError,
+    },
 }
 
 /// Settings of the runner.
@@ -86,6 +94,11 @@ pub struct CreateParams {
     pub user: String,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Host directories to mount into the sandbox; the caller has checked the mount paths
+    /// with [`crate::check_mount_path`].
+    pub volumes: Vec<VolumeMount>,
+    /// Directory that commands start in; the user's home when `None`.
+    pub work_dir: Option<String>,
 }
 
 /// A sandbox the runner owns.
@@ -129,6 +142,8 @@ pub struct Runner {
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     slots: Mutex<Slots>,
     pub(crate) pool: Mutex<Pool>,
+    /// Whether new sandboxes get a disk image that bounds their writable layer.
+    disk_images: bool,
 }
 
 impl Runner {
@@ -157,7 +172,13 @@ impl Runner {
             instances: Mutex::new(HashMap::new()),
             slots: Mutex::new(slots),
             pool: Mutex::new(Pool::default()),
+            disk_images: disk::supported(),
         };
+        if !runner.disk_images {
+            tracing::warn!(
+                "sandbox disk limits are not enforced: they need root, /dev/loop-control, mkfs.ext4 and resize2fs"
+            );
+        }
         runner.load_existing().await;
         Ok(runner)
     }
@@ -251,6 +272,7 @@ impl Runner {
                 })?
         };
         let record = InstanceRecord {
+            work_dir: params.work_dir,
             sandbox_id: sandbox_id.clone(),
             slot,
             layers: params.layers,
@@ -259,11 +281,27 @@ impl Runner {
             limits: params.limits,
             process: None,
             pooled,
+            volumes: params.volumes,
+            disk_image: self.disk_images,
         };
         let prepared = std::fs::create_dir_all(&dirs.root)
             .map_err(|source| RunnerError::Prepare {
                 sandbox_id: sandbox_id.clone(),
                 source,
+            })
+            .and_then(|()| {
+                if !record.disk_image {
+                    return Ok(());
+                }
+                disk::create(
+                    &self.config.sandboxes_dir,
+                    &dirs.disk_image(),
+                    record.limits.disk_gib,
+                )
+                .map_err(|source| RunnerError::Disk {
+                    sandbox_id: sandbox_id.clone(),
+                    source,
+                })
             })
             .and_then(|()| save(&record, &dirs));
         if let Err(error) = prepared {
@@ -428,7 +466,8 @@ impl Runner {
     }
 
     /// Sets a sandbox's resource limits: at once on its cgroups when it runs, and in its
-    /// record for the next start either way.
+    /// record for the next start either way. A stopped sandbox's disk image grows to a larger
+    /// disk limit; a running sandbox's disk limit is not changed (the API rejects that).
     pub async fn resize(&self, sandbox_id: &str, limits: Limits) -> Result<(), RunnerError> {
         let instance = self.instance(sandbox_id)?;
         let mut record = instance.record.lock().await;
@@ -438,6 +477,19 @@ impl Runner {
             .is_some_and(|process| self.runtime.is_running(process));
         if running {
             self.runtime.set_limits(sandbox_id, &limits)?;
+        } else if record.disk_image && limits.disk_gib > record.limits.disk_gib {
+            let image = instance.dirs.disk_image();
+            let grown = async {
+                disk::wait_detached(&image).await?;
+                let gib = limits.disk_gib;
+                tokio::task::spawn_blocking(move || disk::grow(&image, gib))
+                    .await
+                    .expect("growing a disk image does not panic")
+            };
+            grown.await.map_err(|source| RunnerError::Disk {
+                sandbox_id: sandbox_id.to_owned(),
+                source,
+            })?;
         }
         record.limits = limits;
         save(&record, &instance.dirs)

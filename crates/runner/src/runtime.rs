@@ -9,6 +9,7 @@ use daytona_isolation::spawn::{self, SandboxProcess, SpawnError};
 use daytona_isolation::spec::{IdMap, SandboxSpec};
 use daytona_wire::daemon::{DEFAULT_OUTPUT_LIMIT, DaemonConfig};
 
+use crate::disk::{self, DiskError};
 use crate::instance::{InstanceDirs, InstanceRecord, Limits};
 use crate::slots;
 use crate::usage::{self, WorkloadUsage};
@@ -26,6 +27,8 @@ pub enum RuntimeError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 /// The isolation runtime of this host.
@@ -55,12 +58,23 @@ impl Runtime {
         record: &InstanceRecord,
         cgroup_dirs: Vec<PathBuf>,
     ) -> SandboxSpec {
+        let (upper_dir, overlay_work_dir, disk_image) = if record.disk_image {
+            (
+                dirs.disk_upper(),
+                dirs.disk_overlay_work(),
+                Some(dirs.disk_image()),
+            )
+        } else {
+            (dirs.upper(), dirs.overlay_work(), None)
+        };
         SandboxSpec {
             sandbox_id: record.sandbox_id.clone(),
             hostname: record.sandbox_id.clone(),
             layers: record.layers.clone(),
-            upper_dir: dirs.upper(),
-            overlay_work_dir: dirs.overlay_work(),
+            upper_dir,
+            overlay_work_dir,
+            disk_image,
+            volumes: record.volumes.clone(),
             run_dir: dirs.run(),
             id_map: IdMap {
                 host_base: slots::host_base(record.slot),
@@ -75,6 +89,7 @@ impl Runtime {
                 output_limit: DEFAULT_OUTPUT_LIMIT,
                 confine_workloads: true,
                 workload_env: None,
+                work_dir: record.work_dir.clone(),
             },
             init_command: None,
         }
@@ -89,6 +104,10 @@ impl Runtime {
     ) -> Result<SandboxProcess, RuntimeError> {
         let limits = cgroup_limits(&record.limits);
         let mut spec = self.spec(dirs, record, Vec::new());
+        // The previous run's filesystem must be gone before the image is mounted again.
+        if let Some(image) = &spec.disk_image {
+            disk::wait_detached(image).await?;
+        }
         run_dir::prepare(&spec)?;
         let cgroup = self.cgroups.create(&record.sandbox_id, &limits)?;
         spec.cgroup_dirs = cgroup.dirs();

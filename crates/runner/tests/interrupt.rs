@@ -33,6 +33,8 @@ fn params(sandbox_id: &str) -> CreateParams {
         user: "daytona".into(),
         env: Default::default(),
         limits: Limits::default(),
+        volumes: Vec::new(),
+        work_dir: None,
     }
 }
 

@@ -272,6 +272,34 @@ pub struct Snapshot {
     pub sandbox_class: Option<String>,
 }
 
+/// Body of `POST /snapshots`. `imageName` names an image already in the server's image store
+/// (`daytona snapshot import`); `buildInfo` (the SDK's `Image` builder) is not built yet.
+/// Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub image_name: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cpu: Option<i64>,
+    #[serde(default)]
+    pub gpu: Option<i64>,
+    /// GiB.
+    #[serde(default)]
+    pub memory: Option<i64>,
+    /// GiB.
+    #[serde(default)]
+    pub disk: Option<i64>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub build_info: Option<serde_json::Value>,
+    #[serde(default)]
+    pub region_id: Option<String>,
+}
+
 /// Response of `GET /snapshots`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

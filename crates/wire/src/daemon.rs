@@ -41,6 +41,10 @@ pub struct DaemonConfig {
     /// environment built from the defaults and `env`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_env: Option<BTreeMap<String, String>>,
+    /// Directory that commands start in: the image's `WorkingDir`; the user's home when
+    /// absent or missing from the filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<String>,
 }
 
 fn default_output_limit() -> usize {

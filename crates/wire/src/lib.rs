@@ -20,6 +20,7 @@ pub mod sessions;
 pub mod system;
 pub mod telemetry;
 pub mod toolbox;
+pub mod volumes;
 
 pub use error::{ErrorBody, ErrorSource};
 

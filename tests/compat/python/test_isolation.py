@@ -1,5 +1,6 @@
 """Isolation seen from inside a sandbox, through the official SDK."""
 
+import json
 import os
 import uuid
 
@@ -31,10 +32,12 @@ def test_root_inside_is_not_root_outside(server, sandbox):
     assert uid_map[0] == "0"
     host_base = int(uid_map[1])
     assert host_base >= 100000
-    # A file that root creates inside lands in the upper directory owned by that host uid.
+    # A file that root creates inside is owned by that host uid, seen from the host through
+    # the sandbox's PID 1 (the writable layer is in the sandbox's own disk image).
     assert sandbox.process.exec("sudo touch /root-made-this").exit_code == 0
-    upper_file = os.path.join(server.data_dir, "sandboxes", sandbox.id, "upper", "root-made-this")
-    assert os.stat(upper_file).st_uid == host_base
+    with open(os.path.join(server.data_dir, "sandboxes", sandbox.id, "sandbox.json")) as record:
+        pid1 = json.load(record)["process"]["pid"]
+    assert os.stat(f"/proc/{pid1}/root/root-made-this").st_uid == host_base
 
 
 def test_sandboxes_do_not_see_each_other(daytona, sandbox):

@@ -503,7 +503,7 @@ def test_start_deadline_error_and_recover(fast, fast_server):
         assert 4.5 < waited < 15
         assert "did not start in time" in fast_server.log_tail(200)
         assert not os.path.exists(sandbox_cgroup_file(sandbox.id, "memory", ""))
-        assert os.path.isdir(os.path.join(fast_server.data_dir, "sandboxes", sandbox.id, "upper"))
+        assert os.path.isfile(os.path.join(fast_server.data_dir, "sandboxes", sandbox.id, "disk.img"))
 
         sandbox.refresh_data()
         assert sandbox.state == "error"

@@ -449,11 +449,6 @@ def test_computer_use_raises_bad_request(admin):
 def test_unavailable_services_raise_bad_request(admin):
     default_snapshot = admin.snapshot.list().items[0]
     calls = {
-        "volume.list": admin.volume.list,
-        "volume.get": lambda: admin.volume.get("data", create=True),
-        "volume.create": lambda: admin.volume.create("data"),
-        "snapshot.create": lambda: admin.snapshot.create(CreateSnapshotParams(name="s", image="python:3.12")),
-        "snapshot.delete": lambda: admin.snapshot.delete(default_snapshot),
         "object storage": lambda: admin.create(
             CreateSandboxFromImageParams(image=Image.debian_slim("3.12").add_local_file(__file__, "/tmp/test.py")),
             timeout=30,
@@ -464,6 +459,13 @@ def test_unavailable_services_raise_bad_request(admin):
             call()
         message = str(raised.value)
         assert "not available yet" in message, f"{name}: {message}"
+    # An image that was never imported: the message says how to import it.
+    with pytest.raises(DaytonaBadRequestError) as raised:
+        admin.snapshot.create(CreateSnapshotParams(name="s", image="python:3.12"))
+    assert "import" in str(raised.value)
+    # The server's own snapshot cannot be deleted or activated.
+    with pytest.raises(DaytonaBadRequestError):
+        admin.snapshot.delete(default_snapshot)
     with pytest.raises(DaytonaNotFoundError):
         admin.snapshot.delete("no-such-snapshot")
 
@@ -473,7 +475,6 @@ def test_unavailable_services_without_error_translation(admin):
     # arrives as it is.
     default_snapshot = admin.snapshot.list().items[0]
     calls = {
-        "snapshot.activate": lambda: admin.snapshot.activate(default_snapshot),
         "secret.list": admin.secret.list,
         "secret.create": lambda: admin.secret.create(CreateSecretParams(name="TOKEN", value="v")),
         "secret.delete": lambda: admin.secret.delete("s1"),

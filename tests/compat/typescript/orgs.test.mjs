@@ -131,9 +131,6 @@ test('features that are not available yet raise DaytonaBadRequestError', async (
       getPreviewLink: () => sandbox.getPreviewLink(3000),
       getSignedPreviewUrl: () => sandbox.getSignedPreviewUrl(3000, 60),
       createSshAccess: () => sandbox.createSshAccess(60),
-      'volume.list': () => admin.volume.list(),
-      'volume.create': () => admin.volume.create('data'),
-      'snapshot.create': () => admin.snapshot.create({ name: 'ts-snap', image: 'python:3.12' }),
       'secret.list': () => admin.secret.list(),
       'warmPool.list': () => admin.warmPool.list(),
       'computerUse.start': () => sandbox.computerUse.start(),
@@ -146,6 +143,12 @@ test('features that are not available yet raise DaytonaBadRequestError', async (
         return true;
       });
     }
+    // An image that was never imported: the message says how to import it.
+    await assert.rejects(admin.snapshot.create({ name: 'ts-snap', image: 'python:3.12' }), (error) => {
+      assert.ok(error instanceof DaytonaBadRequestError, `${error}`);
+      assert.match(error.message, /import/);
+      return true;
+    });
   });
 });
 

@@ -41,6 +41,10 @@ pub struct CreatePlan {
     pub limits: Limits,
     /// A sandbox taken from the warm pool, already running, whose id the new sandbox has.
     pub claimed: Option<String>,
+    /// The volumes to mount; a sandbox with volumes is never taken from the warm pool.
+    pub volumes: Vec<daytona_runner::VolumeMount>,
+    /// The image's work directory, where commands start; the user's home when `None`.
+    pub work_dir: Option<String>,
 }
 
 /// The outcome of the runner's part of an operation.
@@ -149,6 +153,8 @@ async fn run_create(
                 user: record.os_user.clone(),
                 env: record.env.clone(),
                 limits: plan.limits,
+                volumes: plan.volumes,
+                work_dir: plan.work_dir,
             };
             if let Err(error) = state.runner.prepare(params) {
                 transition(state, &mut record, SandboxState::Destroyed, None).await?;

@@ -59,6 +59,8 @@ async fn stored(harness: &Harness, name: &str, state: SandboxState) -> SandboxRe
             user: "daytona".into(),
             env: Default::default(),
             limits: Limits::default(),
+            volumes: Vec::new(),
+            work_dir: None,
         })
         .unwrap();
     harness.state.store.insert_sandbox(&record).await.unwrap();
@@ -491,6 +493,8 @@ async fn restart_reconcile_matches_store_and_runner() {
             user: "daytona".into(),
             env: Default::default(),
             limits: Limits::default(),
+            volumes: Vec::new(),
+            work_dir: None,
         })
         .unwrap();
 

@@ -12,6 +12,7 @@ mod signing;
 mod snapshots;
 mod toolbox;
 mod unavailable;
+mod volumes;
 
 use axum::Json;
 use axum::Router;
@@ -78,12 +79,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .merge(sandboxes::routes())
-        .routes(routes!(snapshots::list))
-        .routes(routes!(snapshots::get))
+        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::get, snapshots::delete))
+        .routes(routes!(snapshots::activate))
+        .routes(routes!(snapshots::deactivate))
         .merge(keys::routes())
         .merge(organizations::routes())
         .merge(signing::routes())
         .merge(metrics::routes())
+        .merge(volumes::routes())
         .merge(unavailable::routes())
 }
 

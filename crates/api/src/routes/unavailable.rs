@@ -31,9 +31,6 @@ mod message {
     pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
     pub const SSH: &str = "SSH access is not available yet on this server; open a shell through the toolbox instead (process.create_pty_session)";
     pub const SECRETS: &str = "secrets are not available yet on this server; pass values as environment variables at create (env_vars) or per command (env)";
-    pub const SNAPSHOT_CREATE: &str = "creating snapshots is not available yet on this server; create sandboxes from the default snapshot";
-    pub const SNAPSHOT_CHANGE: &str = "deleting, activating and deactivating snapshots is not available yet on this server; the default snapshot is always active";
-    pub const VOLUMES: &str = "volumes are not available yet on this server; keep files in the sandbox, whose files last across stops and starts";
     pub const WARM_POOLS: &str = "warm pools cannot be managed through the API yet; the server keeps one for the default snapshot, sized by `daytona server --warm-pool-size`";
     pub const OBJECT_STORAGE: &str = "object storage is not available yet on this server: it serves images built with local files, and building snapshots is not available yet";
 }
@@ -88,15 +85,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_ssh_access, revoke_ssh_access))
         .routes(routes!(validate_ssh_access))
         .routes(routes!(update_sandbox_secrets, sandbox_secrets))
-        .routes(routes!(create_snapshot))
-        .routes(routes!(delete_snapshot))
-        .routes(routes!(activate_snapshot))
-        .routes(routes!(deactivate_snapshot))
         .routes(routes!(snapshot_build_logs))
         .routes(routes!(snapshot_build_logs_url))
-        .routes(routes!(list_volumes, create_volume))
-        .routes(routes!(get_volume, delete_volume))
-        .routes(routes!(volume_by_name))
         .routes(routes!(list_warm_pools, create_warm_pool))
         .routes(routes!(update_warm_pool, delete_warm_pool))
         .routes(routes!(list_secrets, create_secret))
@@ -269,49 +259,6 @@ pub async fn sandbox_secrets(
     sandbox_feature(&state, &caller, &id, message::SECRETS).await
 }
 
-/// `POST /snapshots`: not available yet.
-#[utoipa::path(post, path = "/snapshots", tag = "snapshots",
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn create_snapshot(_caller: Caller) -> ApiError {
-    not_available(message::SNAPSHOT_CREATE)
-}
-
-/// `DELETE /snapshots/{id}`: not available yet.
-#[utoipa::path(delete, path = "/snapshots/{id}", tag = "snapshots",
-    params(("id" = String, Path, description = "Snapshot id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_snapshot(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    snapshot_feature(&state, &caller, &id, message::SNAPSHOT_CHANGE).await
-}
-
-/// `POST /snapshots/{id}/activate`: not available yet.
-#[utoipa::path(post, path = "/snapshots/{id}/activate", tag = "snapshots",
-    params(("id" = String, Path, description = "Snapshot id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn activate_snapshot(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    snapshot_feature(&state, &caller, &id, message::SNAPSHOT_CHANGE).await
-}
-
-/// `POST /snapshots/{id}/deactivate`: not available yet.
-#[utoipa::path(post, path = "/snapshots/{id}/deactivate", tag = "snapshots",
-    params(("id" = String, Path, description = "Snapshot id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn deactivate_snapshot(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    snapshot_feature(&state, &caller, &id, message::SNAPSHOT_CHANGE).await
-}
-
 /// `GET /snapshots/{id}/build-logs`: not available yet.
 #[utoipa::path(get, path = "/snapshots/{id}/build-logs", tag = "snapshots",
     params(("id" = String, Path, description = "Snapshot id or name")),
@@ -334,45 +281,6 @@ pub async fn snapshot_build_logs_url(
     Path(id): Path<String>,
 ) -> ApiError {
     snapshot_feature(&state, &caller, &id, message::BUILD_LOGS).await
-}
-
-/// `GET /volumes`: not available yet.
-#[utoipa::path(get, path = "/volumes", tag = "volumes",
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn list_volumes(_caller: Caller) -> ApiError {
-    not_available(message::VOLUMES)
-}
-
-/// `POST /volumes`: not available yet.
-#[utoipa::path(post, path = "/volumes", tag = "volumes",
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn create_volume(_caller: Caller) -> ApiError {
-    not_available(message::VOLUMES)
-}
-
-/// `GET /volumes/{volumeId}`: not available yet.
-#[utoipa::path(get, path = "/volumes/{volumeId}", tag = "volumes",
-    params(("volumeId" = String, Path, description = "Volume id")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn get_volume(_caller: Caller, Path(_id): Path<String>) -> ApiError {
-    not_available(message::VOLUMES)
-}
-
-/// `DELETE /volumes/{volumeId}`: not available yet.
-#[utoipa::path(delete, path = "/volumes/{volumeId}", tag = "volumes",
-    params(("volumeId" = String, Path, description = "Volume id")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn delete_volume(_caller: Caller, Path(_id): Path<String>) -> ApiError {
-    not_available(message::VOLUMES)
-}
-
-/// `GET /volumes/by-name/{name}`: not available yet. Being 400 rather than 404, it keeps
-/// `volume.get(name, create=True)` from going on to a create.
-#[utoipa::path(get, path = "/volumes/by-name/{name}", tag = "volumes",
-    params(("name" = String, Path, description = "Volume name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn volume_by_name(_caller: Caller, Path(_name): Path<String>) -> ApiError {
-    not_available(message::VOLUMES)
 }
 
 /// `GET /warm-pools`: not available yet.

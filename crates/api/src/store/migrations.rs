@@ -119,6 +119,24 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    (
+        4,
+        &[
+            // Volumes: directories under `<data-dir>/volumes/<id>` that sandboxes mount.
+            // Names are unique within an organization.
+            "CREATE TABLE volumes (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations(id),
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            error_reason TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_used_at TEXT
+        )",
+            "CREATE UNIQUE INDEX volumes_org_name ON volumes(organization_id, name)",
+        ],
+    ),
 ];
 
 /// Applies every migration newer than the recorded version, each in its own transaction.

@@ -9,6 +9,7 @@ mod orgs;
 mod sandboxes;
 mod signing;
 mod snapshots;
+mod volumes;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use orgs::{ApiKeyRecord, LimitOverrides, OrganizationRecord, STATES_HOLDING_RESOURCES, Usage};
 pub use sandboxes::{SandboxFilter, SandboxRecord, StateChange};
 pub use snapshots::SnapshotRecord;
+pub use volumes::VolumeRecord;
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,8 @@ pub enum StoreError {
     },
     #[error("a live sandbox named {name:?} already exists in this organization")]
     NameTaken { name: String },
+    #[error("a volume named {name:?} already exists in this organization")]
+    VolumeNameTaken { name: String },
 }
 
 /// A connection pool to the state store.

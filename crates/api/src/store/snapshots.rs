@@ -178,3 +178,103 @@ impl Store {
         rows.iter().map(snapshot_from_row).collect()
     }
 }
+
+impl Store {
+    /// Inserts a new snapshot. Names are unique across organizations: callers check
+    /// [`Store::snapshot_name_taken`] first, and a concurrent insert of the name fails.
+    pub async fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError> {
+        let entrypoint = snapshot
+            .entrypoint
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("a list of strings always serializes"));
+        let statement = format!(
+            "INSERT INTO snapshots ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        );
+        sqlx::query(&statement)
+            .bind(&snapshot.id)
+            .bind(&snapshot.organization_id)
+            .bind(&snapshot.name)
+            .bind(&snapshot.image_name)
+            .bind(&snapshot.image_digest)
+            .bind(state_name(snapshot.state))
+            .bind(i64::from(snapshot.general))
+            .bind(snapshot.size_bytes)
+            .bind(snapshot.cpu)
+            .bind(snapshot.gpu)
+            .bind(snapshot.memory)
+            .bind(snapshot.disk)
+            .bind(&entrypoint)
+            .bind(&snapshot.error_reason)
+            .bind(&snapshot.created_at)
+            .bind(&snapshot.updated_at)
+            .bind(&snapshot.last_used_at)
+            .execute(self.pool())
+            .await
+            .map_err(query_error("insert snapshot"))?;
+        Ok(())
+    }
+
+    /// Whether a snapshot named `name` exists in any organization (names are unique).
+    pub async fn snapshot_name_taken(&self, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM snapshots WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_error("look up snapshot name"))?;
+        Ok(row.is_some())
+    }
+
+    /// Sets the state of snapshot `id`.
+    pub async fn set_snapshot_state(
+        &self,
+        id: &str,
+        state: SnapshotState,
+        updated_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE snapshots SET state = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(state_name(state))
+            .bind(updated_at)
+            .execute(self.pool())
+            .await
+            .map_err(query_error("update snapshot state"))?;
+        Ok(())
+    }
+
+    /// Deletes snapshot `id`.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM snapshots WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(query_error("delete snapshot"))?;
+        Ok(())
+    }
+
+    /// How many snapshots, in any organization, use the store image `image_name`.
+    pub async fn snapshots_using_image(&self, image_name: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM snapshots WHERE image_name = $1")
+            .bind(image_name)
+            .fetch_one(self.pool())
+            .await
+            .map_err(query_error("count snapshots of an image"))?;
+        row.try_get("n")
+            .map_err(query_error("count snapshots of an image"))
+    }
+
+    /// The ids of the sandboxes (in any state but deleted) created from snapshot `name`.
+    pub async fn sandboxes_using_snapshot(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM sandboxes WHERE snapshot = $1 ORDER BY id")
+            .bind(name)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_error("list sandboxes of a snapshot"))?;
+        rows.iter()
+            .map(|row| {
+                row.try_get("id")
+                    .map_err(query_error("list sandboxes of a snapshot"))
+            })
+            .collect()
+    }
+}

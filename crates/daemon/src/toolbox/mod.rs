@@ -15,6 +15,7 @@
 
 mod computeruse;
 mod config_store;
+mod drain;
 mod env;
 mod error;
 mod files;
@@ -181,6 +182,7 @@ fn load_config_once(
             output_limit: DEFAULT_OUTPUT_LIMIT,
             confine_workloads: false,
             workload_env: None,
+            work_dir: None,
         });
     }
     bail!("{CONFIG_ENV} is not set; pass --config FILE or --listen PATH to run outside a sandbox")
@@ -278,6 +280,14 @@ fn build_toolbox(
     if !home.is_dir() {
         tracing::warn!(home = %home.display(), "the user's home directory does not exist");
     }
+    let work_dir = match config.work_dir.as_deref().map(PathBuf::from) {
+        Some(dir) if dir.is_dir() => dir,
+        Some(dir) => {
+            tracing::warn!(work_dir = %dir.display(), "the image's work directory does not exist; using the home directory");
+            home.clone()
+        }
+        None => home.clone(),
+    };
     let shell = state::find_shell();
     if shell.is_none() {
         tracing::warn!("neither bash nor sh found: commands cannot run");
@@ -291,7 +301,7 @@ fn build_toolbox(
         sandbox_id: config.sandbox_id.clone(),
         file_owner: running_as_root.then_some((user.uid, user.gid)),
         user,
-        work_dir: home.clone(),
+        work_dir,
         home,
         shell,
         workload_env: std::sync::RwLock::new(workload_env),

@@ -11,6 +11,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use super::drain::drain_request_body;
 use super::error::{error_body, route_not_found};
 use super::state::Toolbox;
 use super::{computeruse, env, files, git, info, interpreter, lsp, process, pty, session, system};
@@ -69,6 +70,7 @@ pub fn router(toolbox: Arc<Toolbox>) -> Router {
         // connection, which the proxy could only report as a failed exchange.
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(error_body))
+        .layer(axum::middleware::from_fn(drain_request_body))
         .with_state(toolbox)
 }
 

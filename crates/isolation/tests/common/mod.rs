@@ -104,6 +104,8 @@ impl TestSandbox {
             layers: vec![env.rootfs.clone()],
             upper_dir: dir.path().join("upper"),
             overlay_work_dir: dir.path().join("work"),
+            disk_image: None,
+            volumes: Vec::new(),
             run_dir: dir.path().join("run"),
             id_map: IdMap {
                 host_base: FIRST_HOST_BASE + index * ID_RANGE,
@@ -118,6 +120,7 @@ impl TestSandbox {
                 output_limit: daytona_wire::daemon::DEFAULT_OUTPUT_LIMIT,
                 confine_workloads: true,
                 workload_env: None,
+                work_dir: None,
             },
             init_command: command.map(|argv| argv.iter().map(|a| a.to_string()).collect()),
         };

@@ -118,6 +118,17 @@ fn check_user_in_image(layers: &[PathBuf], user: &str, snapshot: &str) -> Result
 /// less its terminating NUL.
 const MAX_ENV_ENTRY: usize = 128 * 1024 - 1;
 
+/// Returns the image's `NAME=value` entries with `env` on top.
+fn with_image_env(image_env: &[String], env: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut merged: BTreeMap<String, String> = image_env
+        .iter()
+        .filter_map(|entry| entry.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    merged.extend(env);
+    merged
+}
+
 /// Most bytes of environment a sandbox may have in all, well under the kernel's limit on the
 /// arguments and environment of one program (a quarter of the 8 MiB default stack).
 const MAX_ENV_TOTAL: usize = 1024 * 1024;
@@ -222,9 +233,6 @@ pub async fn create(
             "creating a sandbox from an image build is not supported yet; create it from a snapshot",
         ));
     }
-    if body.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::bad_request("volumes are not supported yet"));
-    }
     if body.gpu.unwrap_or(0) > 0 || body.gpu_type.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request(
             "GPUs are not available on this server",
@@ -243,6 +251,12 @@ pub async fn create(
     validate_env(&env)?;
     let labels = body.labels.clone().unwrap_or_default();
     validate_labels(&labels)?;
+    let (volumes, volume_mounts) = super::volumes::resolve_mounts(
+        &state,
+        &caller,
+        body.volumes.as_deref().unwrap_or_default(),
+    )
+    .await?;
 
     let snapshot_name = body
         .snapshot
@@ -263,20 +277,22 @@ pub async fn create(
             snapshot.name, snapshot.state
         )));
     }
-    let layers = state
-        .images
-        .read()
-        .expect("images lock")
-        .get(&snapshot.name)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "snapshot {:?} has no image on this runner",
-                snapshot.name
-            ))
-        })?;
-
+    let image = super::snapshots::image_for(&state, &snapshot).await?;
+    let layers = image.layers;
     check_user_in_image(&layers, &user, &snapshot.name)?;
+    // The image's environment comes first; the variables of the request override it.
+    let env = with_image_env(&image.config.env, env);
+    // Imported images start commands in their WorkingDir. The default snapshot keeps the
+    // user's home, so that root starts in /root.
+    let work_dir = if snapshot.name == daytona_images::DEFAULT_SNAPSHOT {
+        None
+    } else {
+        image
+            .config
+            .working_dir
+            .clone()
+            .filter(|dir| !dir.is_empty())
+    };
 
     let limits = &state.config.limits;
     let cpu = resource(
@@ -329,7 +345,12 @@ pub async fn create(
     };
 
     // A sandbox from the warm pool is already started; its id becomes the sandbox's.
-    let claimed = state.runner.claim(&layers, &user);
+    // A pooled sandbox has no volumes and the pool's disk size, which it cannot change.
+    let claimed = if volume_mounts.is_empty() && work_dir.is_none() {
+        state.runner.claim(&layers, &user, sandbox_limits.disk_gib)
+    } else {
+        None
+    };
     let id = claimed
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -360,7 +381,7 @@ pub async fn create(
         auto_archive_interval,
         auto_delete_interval,
         auto_pause_interval,
-        volumes: Vec::new(),
+        volumes,
         created_at: now.clone(),
         updated_at: now.clone(),
         last_activity_at: Some(now.clone()),
@@ -371,6 +392,8 @@ pub async fn create(
         layers,
         limits: sandbox_limits,
         claimed,
+        volumes: volume_mounts,
+        work_dir,
     };
 
     let runtime_started = Instant::now();
