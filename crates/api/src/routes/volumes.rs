@@ -25,9 +25,6 @@ use crate::json::JsonBody;
 use crate::state::AppState;
 use crate::store::{StoreError, VolumeRecord};
 
-/// Longest volume name accepted.
-const MAX_NAME_LEN: usize = 255;
-
 /// Most volumes one sandbox may mount.
 const MAX_MOUNTS: usize = 16;
 
@@ -61,19 +58,7 @@ fn dto(record: &VolumeRecord) -> Volume {
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.chars().all(|c| c == '.');
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid volume name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not only dots"
-        )))
-    }
+    super::sandboxes::validate_resource_name("volume", name)
 }
 
 fn not_found(id_or_name: &str) -> ApiError {

@@ -3,7 +3,7 @@
 //! A handler may respond before the body has ended: a multipart parser stops at the closing
 //! boundary and leaves the trailing line break, and an error response comes before the rest of
 //! an upload. The HTTP server then closes the connection, and the proxy, which may still be
-//! writing the body, sees a broken pipe instead of the response. Draining a bounded remainder
+//! writing the body, gets a broken pipe instead of the response. Draining a bounded remainder
 //! keeps the exchange whole.
 
 use std::pin::Pin;
@@ -18,10 +18,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::{Stream, StreamExt};
 
-/// Most bytes read and discarded after the handler responded.
+/// Maximum number of bytes read and discarded after the handler responded.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// Longest wait for the rest of a body.
+/// Maximum wait for the rest of a body.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A request body that the handler reads while the middleware keeps a handle to it.
@@ -37,7 +37,7 @@ impl Stream for SharedBody {
     }
 }
 
-/// Middleware: runs the handler, then reads up to [`DRAIN_LIMIT`] bytes of the request body
+/// Runs the handler, then reads up to [`DRAIN_LIMIT`] bytes of the request body
 /// that it did not read, for at most [`DRAIN_TIMEOUT`].
 pub async fn drain_request_body(request: Request, next: Next) -> Response {
     let has_body = !matches!(

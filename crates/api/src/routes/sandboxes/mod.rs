@@ -55,6 +55,12 @@ const LANGUAGES: [&str; 3] = ["python", "typescript", "javascript"];
 const MAX_NAME_LEN: usize = 255;
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
+    validate_resource_name("sandbox", name)
+}
+
+/// Checks the name of a sandbox, volume or other named resource: letters, digits, `-`, `_`
+/// and `.`, at most [`MAX_NAME_LEN`] bytes.
+pub(crate) fn validate_resource_name(kind: &str, name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
@@ -66,7 +72,7 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "invalid sandbox name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not only dots"
+            "invalid {kind} name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', not only dots"
         )))
     }
 }
