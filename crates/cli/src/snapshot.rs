@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
-use daytona_images::{ExportFormat, ImageStore};
+use daytona_images::{Credentials, ExportFormat, ImageStore};
 
 use crate::client;
 
@@ -37,6 +37,24 @@ pub enum SnapshotCommand {
         no_register: bool,
         /// The docker-archive tar, OCI layout directory or OCI layout tar.
         source: PathBuf,
+    },
+    /// Pull an image from an OCI registry by reference (HOST[:PORT]/NAME[:TAG]) into the
+    /// image store, and register it as a snapshot when DAYTONA_API_KEY is set.
+    Pull {
+        /// The image reference; registries on loopback are reached over plain HTTP.
+        reference: String,
+        /// Name of the snapshot and image in the store (default: the reference).
+        #[arg(long)]
+        name: Option<String>,
+        /// Registry credentials as USER:PASSWORD, sent as HTTP basic auth.
+        #[arg(long, env = "DAYTONA_REGISTRY_AUTH", hide_env_values = true)]
+        creds: Option<String>,
+        /// Image store directory of the server.
+        #[arg(long, env = "DAYTONA_IMAGE_CACHE")]
+        image_cache: PathBuf,
+        /// Only pull into the store; do not register the snapshot through the API.
+        #[arg(long)]
+        no_register: bool,
     },
     /// Export an image of the store.
     Export {
@@ -79,6 +97,35 @@ pub fn run(command: SnapshotCommand) -> anyhow::Result<()> {
                 eprintln!(
                     "imported into the image store; register it with the SDK's snapshot.create(CreateSnapshotParams(name={name:?}, image={name:?}))"
                 );
+                return Ok(());
+            }
+            register(&name)
+        }
+        SnapshotCommand::Pull {
+            reference,
+            name,
+            creds,
+            image_cache,
+            no_register,
+        } => {
+            let name = name.unwrap_or_else(|| reference.clone());
+            let credentials = match creds.as_deref() {
+                Some(text) => Some(
+                    Credentials::parse(text).context("--creds must have the form USER:PASSWORD")?,
+                ),
+                None => None,
+            };
+            let store = open_store(&image_cache)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            let progress = |line: &str| eprintln!("{line}");
+            let image = runtime
+                .block_on(store.pull(&reference, &name, credentials.as_ref(), &progress))
+                .with_context(|| format!("failed to pull {reference}"))?;
+            println!("{} {}", image.name, image.manifest_digest);
+            if no_register || std::env::var_os("DAYTONA_API_KEY").is_none() {
                 return Ok(());
             }
             register(&name)
