@@ -11,6 +11,7 @@ mod json;
 mod lifecycle;
 mod listener;
 mod quota;
+mod registry;
 mod routes;
 mod server;
 mod signing;

@@ -1145,8 +1145,6 @@ async fn unavailable_features_are_documented_400() {
     let cases = [
         ("POST", format!("/api/sandbox/{id}/archive"), "archiving"),
         ("POST", format!("/api/sandbox/{id}/backup"), "backups"),
-        ("POST", format!("/api/sandbox/{id}/fork"), "forking"),
-        ("POST", format!("/api/sandbox/{id}/snapshot"), "snapshot"),
         ("GET", format!("/api/sandbox/{id}/build-logs"), "build logs"),
         (
             "GET",
@@ -1362,4 +1360,40 @@ async fn event_channel_authenticates_and_routes_by_organization() {
             Some(Ok(_)) => continue,
         }
     }
+}
+
+#[tokio::test]
+async fn other_organizations_cannot_name_an_image() {
+    let harness = harness_with(LifecycleConfig::default()).await;
+    let source = tempfile::tempdir().unwrap();
+    crate::snapshots_tests::write_layout(source.path());
+    daytona_images::ImageStore::open(&harness.state.config.image_cache_dir)
+        .unwrap()
+        .import("img-private", &source.path().join("layout"), None, &|_| {})
+        .unwrap();
+    let (_, member) = organization_with_key(&harness, "thief", all_permissions()).await;
+    let body = json!({"name": "stolen", "imageName": "img-private"});
+
+    let reply = send(
+        &harness,
+        "POST",
+        "/api/snapshots",
+        Some(body.clone()),
+        Some(&member),
+        &[],
+    )
+    .await;
+    assert_error(&reply.body, reply.status, "NOT_FOUND", "/api/snapshots");
+
+    // The admin, who imports images, may name it.
+    let reply = send(
+        &harness,
+        "POST",
+        "/api/snapshots",
+        Some(body),
+        Some(KEY),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }

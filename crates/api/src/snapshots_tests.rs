@@ -12,7 +12,7 @@ use crate::tests::{KEY, call, harness_with};
 
 /// Writes an OCI layout with one uncompressed layer holding `/etc/passwd` and `/srv/x`, and a
 /// configuration with Env and WorkingDir.
-fn write_layout(dir: &Path) {
+pub(crate) fn write_layout(dir: &Path) {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("etc")).unwrap();
     std::fs::create_dir_all(rootfs.join("srv")).unwrap();

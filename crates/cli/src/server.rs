@@ -176,6 +176,18 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
+    // The store holds sandboxes' environments and key hashes, and volumes keep their files
+    // below: no other host user may enter.
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| {
+        format!(
+            "failed to restrict the data directory {}",
+            data_dir.display()
+        )
+    })?;
     let data_dir = data_dir
         .canonicalize()
         .context("failed to resolve the data directory")?;

@@ -62,6 +62,12 @@ pub enum Error {
         #[source]
         source: PackError,
     },
+    #[error(
+        "layer {diff_id} of the sandbox's image is in no image of the store; its image was removed, so the sandbox cannot be snapshotted"
+    )]
+    BaseLayerUnknown { diff_id: String },
+    #[error("the capture of image {image:?} was committed before its layer was packed")]
+    CaptureNotPacked { image: String },
     #[error("failed to unpack layer {digest}")]
     Unpack {
         digest: String,
@@ -136,6 +142,27 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("upload {id:?} not found; start a new upload")]
+    UploadNotFound { id: String },
+    #[error(
+        "uploaded content has digest {actual}, but {expected} was given; the upload is discarded"
+    )]
+    UploadDigestMismatch { expected: String, actual: String },
+    #[error(
+        "the manifest names blob {digest}, which the image store does not have; push the blob first"
+    )]
+    ManifestBlobMissing { digest: String },
+    #[error("the manifest is not a valid image manifest")]
+    InvalidManifest {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("failed to pull {reference}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: crate::pull::PullError,
     },
     #[error("fault injected at step {step}")]
     FaultInjected { step: &'static str },

@@ -23,6 +23,7 @@
 //! carry a `trusted.*` extended attribute. The overlay mount that uses the layers therefore must
 //! not use the `userxattr` option.
 
+mod capture;
 mod error;
 mod export;
 mod fault;
@@ -32,7 +33,9 @@ mod import;
 mod import_tests;
 mod oci;
 pub mod pack;
+mod pull;
 pub mod recipe;
+mod registry;
 mod source;
 mod store;
 pub mod unpack;
@@ -40,12 +43,20 @@ mod xattr;
 
 use std::path::PathBuf;
 
+pub use capture::Capture;
 pub use error::Error;
 pub use export::ExportFormat;
 pub use gc::Removal;
 pub use import::is_valid_name;
+pub use pull::{Credentials, PullError, is_registry_reference};
 pub use recipe::{BuildError, DebianRecipe, Recipe};
+pub use registry::{MANIFEST_MEDIA_TYPES, StoredManifest};
 pub use store::ImageStore;
+
+/// Returns `sha256:<hex>` of `data`, the form of every digest in the store.
+pub fn sha256_digest(data: &[u8]) -> String {
+    oci::sha256_digest(data)
+}
 
 /// Name of the default snapshot, listed by `GET /api/snapshots`.
 pub const DEFAULT_SNAPSHOT: &str = "daytona-default";

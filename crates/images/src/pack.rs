@@ -59,6 +59,38 @@ pub enum PackError {
 ///
 /// `rootfs` itself becomes the `./` entry. The tree must not change while it is packed.
 pub fn pack_layer(rootfs: &Path, out: impl Write) -> Result<PackedLayer, PackError> {
+    pack_layer_mapped(rootfs, out, None)
+}
+
+/// The uid and gid range a tree's owners were shifted to, such as a sandbox's writable layer,
+/// whose files belong to the host ids `host_base..host_base + size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerShift {
+    pub host_base: u32,
+    pub size: u32,
+}
+
+impl OwnerShift {
+    /// The id inside the range for a host id; ids outside it become the overflow id 65534
+    /// (`nobody`), which is how the sandbox saw them.
+    pub fn unshift(&self, host_id: u32) -> u32 {
+        match host_id.checked_sub(self.host_base) {
+            Some(id) if id < self.size => id,
+            _ => OVERFLOW_ID,
+        }
+    }
+}
+
+/// The kernel's default overflow uid and gid.
+const OVERFLOW_ID: u32 = 65534;
+
+/// [`pack_layer`] with owners shifted back from `owners` (uid and gid alike), so that a
+/// sandbox's writable layer packs with the ids its processes saw.
+pub fn pack_layer_mapped(
+    rootfs: &Path,
+    out: impl Write,
+    owners: Option<OwnerShift>,
+) -> Result<PackedLayer, PackError> {
     let root_metadata = fs::symlink_metadata(rootfs).map_err(|source| PackError::ReadTree {
         path: rootfs.to_owned(),
         source,
@@ -69,6 +101,7 @@ pub fn pack_layer(rootfs: &Path, out: impl Write) -> Result<PackedLayer, PackErr
         builder: tar::Builder::new(HashingWriter::new(out)),
         first_link_path: HashMap::new(),
         entries: 0,
+        owners,
     };
     packer.append_directory(Path::new(""), &root_metadata)?;
     packer.append_children(Path::new(""))?;
@@ -95,9 +128,21 @@ struct Packer<W: Write> {
     /// First path seen for each (device, inode) with more than one link.
     first_link_path: HashMap<(u64, u64), PathBuf>,
     entries: u64,
+    owners: Option<OwnerShift>,
 }
 
 impl<W: Write> Packer<W> {
+    /// Shifts the header's owner back when the tree's owners are shifted.
+    fn unshift_owner(&self, header: &mut tar::Header) {
+        let Some(owners) = self.owners else {
+            return;
+        };
+        if let (Ok(uid), Ok(gid)) = (header.uid(), header.gid()) {
+            header.set_uid(u64::from(owners.unshift(uid as u32)));
+            header.set_gid(u64::from(owners.unshift(gid as u32)));
+        }
+    }
+
     fn append_children(&mut self, dir: &Path) -> Result<(), PackError> {
         let full_dir = self.rootfs.join(dir);
         let read_error = |source| PackError::ReadTree {
@@ -179,6 +224,7 @@ impl<W: Write> Packer<W> {
             if let Some(first) = self.first_link_path.get(&key).cloned() {
                 let mut header = new_header(tar::EntryType::Link, metadata);
                 header.set_size(0);
+                self.unshift_owner(&mut header);
                 self.entries += 1;
                 return self
                     .builder
@@ -214,6 +260,7 @@ impl<W: Write> Packer<W> {
         })?;
         let mut header = new_header(tar::EntryType::Symlink, metadata);
         header.set_size(0);
+        self.unshift_owner(&mut header);
         self.entries += 1;
         self.builder
             .append_link(&mut header, path, &target)
@@ -267,6 +314,7 @@ impl<W: Write> Packer<W> {
         tar_path: PathBuf,
         content: impl Read,
     ) -> Result<(), PackError> {
+        self.unshift_owner(header);
         self.entries += 1;
         self.builder
             .append_data(header, tar_path, content)

@@ -21,7 +21,7 @@ const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 /// How often an attach retries when another process takes the free device first.
-const ATTACH_ATTEMPTS: usize = 16;
+const ATTACH_ATTEMPTS: usize = 32;
 
 /// `struct loop_info64` of `linux/loop.h`.
 #[repr(C)]
@@ -65,7 +65,10 @@ pub fn attach_loop(image: &Path) -> io::Result<(PathBuf, OwnedFd)> {
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/loop-control")?;
     let mut last_error = io::Error::from_raw_os_error(libc::EBUSY);
-    for _ in 0..ATTACH_ATTEMPTS {
+    for attempt in 0..ATTACH_ATTEMPTS {
+        if attempt > 0 {
+            backoff(attempt);
+        }
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
         let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if number < 0 {
@@ -85,6 +88,15 @@ pub fn attach_loop(image: &Path) -> io::Result<(PathBuf, OwnedFd)> {
         }
     }
     Err(last_error)
+}
+
+/// Waits a little before the next attempt at a device that other sandboxes starting at the
+/// same moment compete for; the wait grows with the attempt and varies by process, so the
+/// competitors spread out.
+fn backoff(attempt: usize) {
+    let spread = u64::from(std::process::id() % 7);
+    let millis = (attempt as u64).min(10) * (1 + spread);
+    std::thread::sleep(std::time::Duration::from_millis(millis));
 }
 
 fn configure(device: &File, backing: &File) -> io::Result<()> {
@@ -112,17 +124,29 @@ fn configure(device: &File, backing: &File) -> io::Result<()> {
 /// in the image); `noinit_itable` keeps the kernel from zeroing the inode tables in the
 /// background, which would allocate their space in the sparse image.
 pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
-    let (device, _device_fd) = attach_loop(image)?;
-    mount(
-        Some(&device),
-        target,
-        Some("ext4"),
-        MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME,
-        Some("discard,noinit_itable"),
-    )
-    .map_err(io::Error::from)
-    // `_device_fd` closes here: the mount holds the device now, or, after a failed mount,
-    // nothing does and the device detaches.
+    let mut attempt = 0;
+    loop {
+        let (device, device_fd) = attach_loop(image)?;
+        let mounted = mount(
+            Some(&device),
+            target,
+            Some("ext4"),
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME,
+            Some("discard,noinit_itable"),
+        );
+        // The descriptor closes here: the mount holds the device now, or, after a failed
+        // mount, nothing does and the device detaches.
+        drop(device_fd);
+        match mounted {
+            Ok(()) => return Ok(()),
+            // The device was claimed by another start between the attach and the mount.
+            Err(nix::errno::Errno::EBUSY) if attempt + 1 < ATTACH_ATTEMPTS => {
+                attempt += 1;
+                backoff(attempt);
+            }
+            Err(errno) => return Err(errno.into()),
+        }
+    }
 }
 
 /// The loop devices, such as `loop3`, whose backing file is `image`. A stopped sandbox's

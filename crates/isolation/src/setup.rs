@@ -23,7 +23,8 @@ use nix::unistd::{ForkResult, Pid, chdir, fork};
 use crate::disk;
 use crate::pid1;
 use crate::spec::{
-    DISK_DIR, IdMap, LOWER_DIR, ROOTFS_DIR, SandboxSpec, TOOLBOX_SOCKET, VolumeMount,
+    DISK_DIR, IdMap, LOWER_DIR, ROOTFS_DIR, SandboxSpec, TOOLBOX_SOCKET, VOLUME_UID_BASE,
+    VolumeMount,
 };
 use crate::sys;
 
@@ -194,7 +195,7 @@ fn run(status: &StatusPipe) -> Result<(), SetupError> {
     mount_root_overlay(&spec, &userns)?;
     // ID-mapping needs host root, so the volumes are prepared here; PID 1 attaches them
     // inside the sandbox root, where it creates their mount points as the sandbox's root.
-    let volumes = open_volumes(&spec, &userns)?;
+    let volumes = open_volumes(&spec)?;
 
     // 5. Enter the user namespace, then create every other namespace from inside it, so that
     //    the sandbox's root owns them.
@@ -298,6 +299,15 @@ fn bind_toolbox_socket(run_dir: &Path) -> Result<UnixListener, SetupError> {
 /// still host root, writes the maps and opens the namespace. The helper shares this process's
 /// memory (CLONE_VM) and runs on a stack of its own, which spares copying the page tables.
 fn create_user_namespace(id_map: IdMap) -> Result<(OwnedFd, UsernsHelper), SetupError> {
+    create_mapped_user_namespace(0, id_map)
+}
+
+/// Creates a user namespace that maps `ns_base..ns_base + size` to
+/// `host_base..host_base + size`; see [`create_user_namespace`].
+fn create_mapped_user_namespace(
+    ns_base: u32,
+    id_map: IdMap,
+) -> Result<(OwnedFd, UsernsHelper), SetupError> {
     let create_error = |source| SetupError::CreateUserNamespace { source };
     let (wait_read, wait_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|errno| create_error(errno.into()))?;
@@ -329,7 +339,7 @@ fn create_user_namespace(id_map: IdMap) -> Result<(OwnedFd, UsernsHelper), Setup
         wait_write: Some(wait_write),
     };
 
-    write_id_maps(helper.pid, id_map)?;
+    write_id_maps(helper.pid, ns_base, id_map)?;
     let userns = File::open(format!("/proc/{}/ns/user", helper.pid))
         .map(OwnedFd::from)
         .map_err(create_error)?;
@@ -377,8 +387,8 @@ impl UsernsHelper {
     }
 }
 
-fn write_id_maps(helper: Pid, id_map: IdMap) -> Result<(), SetupError> {
-    let line = format!("0 {} {}\n", id_map.host_base, id_map.size);
+fn write_id_maps(helper: Pid, ns_base: u32, id_map: IdMap) -> Result<(), SetupError> {
+    let line = format!("{ns_base} {} {}\n", id_map.host_base, id_map.size);
     for map in ["uid_map", "gid_map"] {
         let path = PathBuf::from(format!("/proc/{helper}/{map}"));
         fs::write(&path, &line).map_err(|source| SetupError::WriteIdMap { path, source })?;
@@ -465,9 +475,23 @@ pub(crate) struct DetachedVolume {
 }
 
 /// Clones each volume's directory as a detached, ID-mapped mount without setuid programs
-/// and devices. With the sandbox's ID map, a file that uid 1000 of any sandbox writes is
-/// stored with uid 1000, so every sandbox that mounts the volume sees the same owners.
-fn open_volumes(spec: &SandboxSpec, userns: &OwnedFd) -> Result<Vec<DetachedVolume>, SetupError> {
+/// and devices. The mapping stores uid `k` of the sandbox as [`VOLUME_UID_BASE`] + `k`, so
+/// every sandbox that mounts the volume sees the same owners, and none of them is a host
+/// user.
+fn open_volumes(spec: &SandboxSpec) -> Result<Vec<DetachedVolume>, SetupError> {
+    if spec.volumes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (userns, helper) = create_mapped_user_namespace(VOLUME_UID_BASE, spec.id_map)?;
+    let volumes = open_volumes_with(spec, &userns);
+    helper.reap();
+    volumes
+}
+
+fn open_volumes_with(
+    spec: &SandboxSpec,
+    userns: &OwnedFd,
+) -> Result<Vec<DetachedVolume>, SetupError> {
     spec.volumes
         .iter()
         .map(|volume| {
@@ -532,8 +556,13 @@ fn open_volume_dir(root: &Path, subpath: Option<&Path>) -> io::Result<OwnedFd> {
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 )?;
-                // The umask took bits away.
+                // The umask took bits away; the owner is the sandboxes' root.
                 fchmod(&created, Mode::from_bits_truncate(0o777))?;
+                nix::unistd::fchown(
+                    &created,
+                    Some(nix::unistd::Uid::from_raw(VOLUME_UID_BASE)),
+                    Some(nix::unistd::Gid::from_raw(VOLUME_UID_BASE)),
+                )?;
             }
             Err(nix::errno::Errno::EEXIST) => {}
             Err(errno) => return Err(errno.into()),

@@ -101,13 +101,35 @@ pub fn check_mount_path(path: &str) -> Result<(), MountPathError> {
         .trim_start_matches('/')
         .split('/')
         .collect();
-    let reserved = matches!(components[0], "proc" | "sys" | "dev")
-        || (components.len() <= daemon.len() && daemon.starts_with(&components));
+    // System directories: mounting over them would hide what the sandbox and its toolbox
+    // need (`/etc/passwd`, libraries, the shell).
+    let reserved = matches!(
+        components[0],
+        "proc"
+            | "sys"
+            | "dev"
+            | "etc"
+            | "bin"
+            | "sbin"
+            | "lib"
+            | "lib32"
+            | "lib64"
+            | "libx32"
+            | "usr"
+            | "run"
+            | "boot"
+    ) || (components.len() <= daemon.len() && daemon.starts_with(&components));
     if reserved {
         return Err(MountPathError::Reserved { path: owned() });
     }
     Ok(())
 }
+
+/// First host uid and gid of the range that volume files are stored with: uid `k` of any
+/// sandbox is stored as `VOLUME_UID_BASE + k`. The range belongs to no host user, and no
+/// sandbox's user namespace maps it, so a setuid file or a file capability that a sandbox
+/// writes into a volume grants nothing on the host. It lies below the sandboxes' ranges.
+pub const VOLUME_UID_BASE: u32 = 900_000_000;
 
 /// File name of the toolbox socket inside a sandbox's run directory.
 pub const TOOLBOX_SOCKET: &str = "toolbox.sock";

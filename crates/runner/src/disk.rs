@@ -154,7 +154,7 @@ fn template(sandboxes_dir: &Path, gib: u32) -> Result<PathBuf, DiskError> {
 
 /// Copies the data regions of `from` to a new file `to` of the same size, leaving the holes
 /// as holes.
-fn sparse_copy(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn sparse_copy(from: &Path, to: &Path) -> io::Result<()> {
     let source = File::open(from)?;
     let length = source.metadata()?.len();
     let target = OpenOptions::new()

@@ -14,9 +14,10 @@ mod pool;
 mod runner;
 mod runtime;
 mod slots;
+mod snapshot;
 mod usage;
 
-pub use daytona_isolation::spec::{MountPathError, VolumeMount, check_mount_path};
+pub use daytona_isolation::spec::{MountPathError, VOLUME_UID_BASE, VolumeMount, check_mount_path};
 pub use disk::DiskError;
 pub use instance::{Limits, SandboxRuntimeState};
 pub use pool::PoolTemplate;

@@ -56,6 +56,26 @@ pub enum RunnerError {
     },
     #[error("the start of sandbox {sandbox_id} was interrupted")]
     Interrupted { sandbox_id: String },
+    #[error("failed to capture the files of sandbox {sandbox_id} as image {image:?}")]
+    Capture {
+        sandbox_id: String,
+        image: String,
+        #[source]
+        source: Box<daytona_images::Error>,
+    },
+    #[error("failed to open the writable layer of sandbox {sandbox_id}")]
+    OpenLayer {
+        sandbox_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to copy the files of sandbox {from} to the new sandbox {sandbox_id}")]
+    CopyLayer {
+        sandbox_id: String,
+        from: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to prepare the disk of sandbox {sandbox_id}")]
     Disk {
         sandbox_id: String,

@@ -134,6 +134,16 @@ impl Runtime {
         usage::read(&cgroup, &self.daemon_binary)
     }
 
+    /// Stops every process of a running sandbox until [`Runtime::thaw`].
+    pub fn freeze(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
+        Ok(self.cgroups.sandbox(sandbox_id)?.freeze()?)
+    }
+
+    /// Lets the processes of a frozen sandbox run again.
+    pub fn thaw(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
+        Ok(self.cgroups.sandbox(sandbox_id)?.thaw()?)
+    }
+
     pub fn is_running(&self, process: &SandboxProcess) -> bool {
         spawn::is_running(process)
     }

@@ -223,6 +223,25 @@ pub struct ResizeSandbox {
     pub disk: Option<i64>,
 }
 
+/// Body of `POST /sandbox/{id}/snapshot`; unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandboxSnapshot {
+    /// Name of the new snapshot.
+    pub name: String,
+    /// Whether to include the memory of a VM sandbox; this server's sandboxes are containers,
+    /// so only `false` is accepted.
+    pub include_memory: Option<bool>,
+}
+
+/// Body of `POST /sandbox/{id}/fork`; unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkSandbox {
+    /// Name of the new sandbox; its id when left out.
+    pub name: Option<String>,
+}
+
 /// Snapshot states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

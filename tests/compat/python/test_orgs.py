@@ -406,8 +406,6 @@ def test_unavailable_sandbox_features_raise_bad_request(admin):
     try:
         calls = {
             "archive": sandbox.archive,
-            "fork": sandbox.fork,
-            "create_snapshot": lambda: sandbox.create_snapshot("snap"),
             "get_preview_link": lambda: sandbox.get_preview_link(3000),
             "create_signed_preview_url": lambda: sandbox.create_signed_preview_url(3000, 60),
             "expire_signed_preview_url": lambda: sandbox.expire_signed_preview_url(3000, "token"),

@@ -3,6 +3,7 @@ a subpath, sharing between running sandboxes with POSIX semantics and the same o
 refusal to delete a volume in use, organization isolation, and persistence across stop,
 start and a server restart."""
 
+import os
 import signal
 import uuid
 
@@ -78,6 +79,8 @@ def test_invalid_mounts_rejected(daytona):
             VolumeMount(volume_id=volume.id, mount_path="/"),
             VolumeMount(volume_id=volume.id, mount_path="/proc/v"),
             VolumeMount(volume_id=volume.id, mount_path="/usr/local/bin"),
+            VolumeMount(volume_id=volume.id, mount_path="/etc"),
+            VolumeMount(volume_id=volume.id, mount_path="/lib/x"),
             VolumeMount(volume_id=volume.id, mount_path="/data", subpath="../escape"),
         ]:
             with pytest.raises(DaytonaError) as error:
@@ -132,6 +135,31 @@ def test_shared_between_running_sandboxes(daytona):
     finally:
         daytona.delete(first)
         daytona.delete(second)
+        daytona.volume.delete(volume)
+
+
+# Volume files are stored with uid VOLUME_UID_BASE + k for uid k of a sandbox.
+VOLUME_UID_BASE = 900_000_000
+
+
+def test_host_sees_no_privileged_files(daytona, server):
+    volume = daytona.volume.create(unique("setuid"))
+    sandbox = daytona.create(with_volumes(VolumeMount(volume_id=volume.id, mount_path="/data")))
+    try:
+        run(sandbox, "sudo sh -c 'cp /bin/sh /data/rootsh && chmod 4755 /data/rootsh'")
+        run(sandbox, "echo mine > /data/mine.txt")
+        host_dir = os.path.join(server.data_dir, "volumes", volume.id)
+        # Neither host root nor a host user owns what a sandbox writes, so a setuid bit
+        # there runs as nobody in particular.
+        root_made = os.stat(os.path.join(host_dir, "rootsh"))
+        assert root_made.st_uid == VOLUME_UID_BASE
+        assert root_made.st_gid == VOLUME_UID_BASE
+        assert os.stat(os.path.join(host_dir, "mine.txt")).st_uid == VOLUME_UID_BASE + 1000
+        # No other host user can enter the directories above the volume.
+        assert os.stat(os.path.join(server.data_dir, "volumes")).st_mode & 0o077 == 0
+        assert os.stat(server.data_dir).st_mode & 0o077 == 0
+    finally:
+        daytona.delete(sandbox)
         daytona.volume.delete(volume)
 
 

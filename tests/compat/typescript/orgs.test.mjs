@@ -126,8 +126,6 @@ test('features that are not available yet raise DaytonaBadRequestError', async (
   await withSandbox(admin, undefined, async (sandbox) => {
     const calls = {
       archive: () => sandbox.archive(),
-      fork: () => sandbox.fork(),
-      createSnapshot: () => sandbox.createSnapshot('snap'),
       getPreviewLink: () => sandbox.getPreviewLink(3000),
       getSignedPreviewUrl: () => sandbox.getSignedPreviewUrl(3000, 60),
       createSshAccess: () => sandbox.createSshAccess(60),

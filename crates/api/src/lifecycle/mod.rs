@@ -64,6 +64,8 @@ pub enum OperationKind {
     Recover,
     Resize,
     Delete,
+    Snapshot,
+    Fork,
 }
 
 impl OperationKind {
@@ -75,6 +77,8 @@ impl OperationKind {
             Self::Recover => "recover",
             Self::Resize => "resize",
             Self::Delete => "delete",
+            Self::Snapshot => "snapshot",
+            Self::Fork => "fork",
         }
     }
 }

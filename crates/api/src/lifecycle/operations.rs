@@ -45,6 +45,8 @@ pub struct CreatePlan {
     pub volumes: Vec<daytona_runner::VolumeMount>,
     /// The image's work directory, where commands start; the user's home when `None`.
     pub work_dir: Option<String>,
+    /// The sandbox whose writable layer the new one starts with a copy of (a fork).
+    pub fork_of: Option<String>,
 }
 
 /// The outcome of the runner's part of an operation.
@@ -156,7 +158,11 @@ async fn run_create(
                 volumes: plan.volumes,
                 work_dir: plan.work_dir,
             };
-            if let Err(error) = state.runner.prepare(params) {
+            let prepared = match &plan.fork_of {
+                Some(from) => state.runner.fork(from, params).await,
+                None => state.runner.prepare(params),
+            };
+            if let Err(error) = prepared {
                 transition(state, &mut record, SandboxState::Destroyed, None).await?;
                 return Err(ApiError::internal(
                     format!("failed to create sandbox {id}"),

@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
                 crate::lifecycle::track_toolbox_request,
             )),
         )
+        .merge(crate::registry::routes())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(error::complete_error_bodies))

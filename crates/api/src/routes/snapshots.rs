@@ -126,6 +126,20 @@ pub async fn create(
         limits.max_memory,
     )?;
     let disk = resource("disk", body.disk, limits.default_disk, limits.max_disk)?;
+    // The image store is the host's: an organization may name only the images it has
+    // snapshots of already, and the admin (who imports images) any of them.
+    if !caller.is_admin
+        && image_name != daytona_images::DEFAULT_SNAPSHOT
+        && !state
+            .store
+            .organization_uses_image(&caller.organization_id, &image_name)
+            .await?
+    {
+        tracing::info!(organization_id = %caller.organization_id, image = %image_name, "snapshot of another organization's image rejected");
+        return Err(ApiError::not_found(format!(
+            "image {image_name:?} not found for this organization; ask the administrator to import it and create the snapshot with the admin API key"
+        )));
+    }
     if state.store.snapshot_name_taken(&body.name).await? {
         return Err(ApiError::conflict(format!(
             "a snapshot named {:?} already exists; choose another name",
@@ -135,15 +149,23 @@ pub async fn create(
 
     let store = image_store(&state).await?;
     let lookup = image_name.clone();
-    let image = tokio::task::spawn_blocking(move || store.get(&lookup))
+    let blocking_store = store.clone();
+    let found = tokio::task::spawn_blocking(move || blocking_store.get(&lookup))
         .await
         .map_err(|error| ApiError::internal("the image store task failed", error))?
-        .map_err(|error| ApiError::internal("failed to read the image store", error))?
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "image {image_name:?} is not in the server's image store; import it first with `daytona snapshot import --name {image_name} FILE` (a docker save tarball or an OCI image layout)"
-            ))
-        })?;
+        .map_err(|error| ApiError::internal("failed to read the image store", error))?;
+    let image = match found {
+        Some(image) => image,
+        // A registry reference (`host:port/name:tag`) is pulled into the store first.
+        None if daytona_images::is_registry_reference(&image_name) => {
+            crate::registry::pull_image(&store, &image_name).await?
+        }
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "image {image_name:?} is not in the server's image store; import it first with `daytona snapshot import --name {image_name} FILE` (a docker save tarball or an OCI image layout), or name it by registry reference (HOST:PORT/NAME:TAG)"
+            )));
+        }
+    };
 
     let now = daytona_wire::now_rfc3339();
     let entrypoint = body

@@ -25,8 +25,6 @@ pub const CODE: &str = "FEATURE_NOT_AVAILABLE";
 mod message {
     pub const ARCHIVE: &str = "archiving sandboxes is not available yet on this server: it needs object storage for the archived files; stop the sandbox instead, which keeps its files";
     pub const BACKUP: &str = "sandbox backups are not available yet on this server: they need object storage; a stopped sandbox keeps its files on this host";
-    pub const FORK: &str = "forking sandboxes is not available yet on this server: it needs sandbox snapshots; create a new sandbox and copy the files it needs";
-    pub const SANDBOX_SNAPSHOT: &str = "creating a snapshot from a sandbox is not available yet on this server; a stopped sandbox keeps its files and starts again with them";
     pub const BUILD_LOGS: &str = "build logs are not available yet on this server: sandboxes start only from ready snapshots, so nothing is built";
     pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
     pub const SSH: &str = "SSH access is not available yet on this server; open a shell through the toolbox instead (process.create_pty_session)";
@@ -75,8 +73,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(archive_sandbox))
         .routes(routes!(backup_sandbox))
-        .routes(routes!(fork_sandbox))
-        .routes(routes!(create_sandbox_snapshot))
         .routes(routes!(sandbox_build_logs))
         .routes(routes!(sandbox_build_logs_url))
         .routes(routes!(preview_url))
@@ -117,30 +113,6 @@ pub async fn backup_sandbox(
     Path(id): Path<String>,
 ) -> ApiError {
     sandbox_feature(&state, &caller, &id, message::BACKUP).await
-}
-
-/// `POST /sandbox/{id}/fork`: not available yet.
-#[utoipa::path(post, path = "/sandbox/{id}/fork", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn fork_sandbox(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::FORK).await
-}
-
-/// `POST /sandbox/{id}/snapshot`: not available yet.
-#[utoipa::path(post, path = "/sandbox/{id}/snapshot", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create_sandbox_snapshot(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::SANDBOX_SNAPSHOT).await
 }
 
 /// `GET /sandbox/{id}/build-logs`: not available yet.

@@ -134,10 +134,20 @@ pub async fn create(
     Ok(Json(dto(&record)))
 }
 
+/// Creates a volume's directory, owned by the sandboxes' root as volumes store it (see
+/// [`daytona_runner::VOLUME_UID_BASE`]) and writable by every user of a sandbox. Only root
+/// owns the directories above it, which no other host user can enter.
 fn make_volume_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir.parent().expect("a volume directory has a parent"))?;
+    let parent = dir.parent().expect("a volume directory has a parent");
+    std::fs::create_dir_all(parent)?;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
     std::fs::create_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    if nix::unistd::geteuid().is_root() {
+        let root = daytona_runner::VOLUME_UID_BASE;
+        std::os::unix::fs::chown(dir, Some(root), Some(root))?;
+    }
+    Ok(())
 }
 
 /// `GET /volumes/{volumeId}`.

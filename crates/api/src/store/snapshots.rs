@@ -263,6 +263,26 @@ impl Store {
             .map_err(query_error("count snapshots of an image"))
     }
 
+    /// Whether a snapshot of the organization uses the store image `image_name`.
+    pub async fn organization_uses_image(
+        &self,
+        organization_id: &str,
+        image_name: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM snapshots WHERE organization_id = $1 AND image_name = $2",
+        )
+        .bind(organization_id)
+        .bind(image_name)
+        .fetch_one(self.pool())
+        .await
+        .map_err(query_error("count an organization's snapshots of an image"))?;
+        let count: i64 = row
+            .try_get("n")
+            .map_err(query_error("count an organization's snapshots of an image"))?;
+        Ok(count > 0)
+    }
+
     /// The ids of the sandboxes (in any state but deleted) created from snapshot `name`.
     pub async fn sandboxes_using_snapshot(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM sandboxes WHERE snapshot = $1 ORDER BY id")

@@ -5,6 +5,7 @@
 
 mod list;
 mod settings;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resize))
         .routes(routes!(toolbox_proxy_url))
         .merge(settings::routes())
+        .merge(snapshot::routes())
 }
 
 /// Label the SDKs set to pick the language of `code_run`.
@@ -400,6 +402,7 @@ pub async fn create(
         claimed,
         volumes: volume_mounts,
         work_dir,
+        fork_of: None,
     };
 
     let runtime_started = Instant::now();
