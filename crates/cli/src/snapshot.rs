@@ -29,8 +29,12 @@ pub enum SnapshotCommand {
         /// docker-archive, or the org.opencontainers.image.ref.name of an OCI layout.
         #[arg(long)]
         tag: Option<String>,
-        /// Image store directory of the server.
-        #[arg(long, env = "DAYTONA_IMAGE_CACHE")]
+        /// Image store directory of the server (the one `scripts/start` uses by default).
+        #[arg(
+            long,
+            env = "DAYTONA_IMAGE_CACHE",
+            default_value = "/var/cache/daytona/images"
+        )]
         image_cache: PathBuf,
         /// Only import into the store; do not register the snapshot through the API.
         #[arg(long)]
@@ -49,8 +53,12 @@ pub enum SnapshotCommand {
         /// Registry credentials as USER:PASSWORD, sent as HTTP basic auth.
         #[arg(long, env = "DAYTONA_REGISTRY_AUTH", hide_env_values = true)]
         creds: Option<String>,
-        /// Image store directory of the server.
-        #[arg(long, env = "DAYTONA_IMAGE_CACHE")]
+        /// Image store directory of the server (the one `scripts/start` uses by default).
+        #[arg(
+            long,
+            env = "DAYTONA_IMAGE_CACHE",
+            default_value = "/var/cache/daytona/images"
+        )]
         image_cache: PathBuf,
         /// Only pull into the store; do not register the snapshot through the API.
         #[arg(long)]
@@ -63,8 +71,12 @@ pub enum SnapshotCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "oci")]
         format: Format,
-        /// Image store directory of the server.
-        #[arg(long, env = "DAYTONA_IMAGE_CACHE")]
+        /// Image store directory of the server (the one `scripts/start` uses by default).
+        #[arg(
+            long,
+            env = "DAYTONA_IMAGE_CACHE",
+            default_value = "/var/cache/daytona/images"
+        )]
         image_cache: PathBuf,
         /// Output: a directory for `oci`, a tar file for `docker-archive`; must not exist.
         out: PathBuf,

@@ -103,22 +103,19 @@ pub fn check_mount_path(path: &str) -> Result<(), MountPathError> {
         .collect();
     // System directories: mounting over them would hide what the sandbox and its toolbox
     // need (`/etc/passwd`, libraries, the shell).
+    let system_dir = |name: &str| {
+        matches!(
+            name,
+            "bin" | "sbin" | "lib" | "lib32" | "lib64" | "libx32" | "libexec"
+        )
+    };
     let reserved = matches!(
         components[0],
-        "proc"
-            | "sys"
-            | "dev"
-            | "etc"
-            | "bin"
-            | "sbin"
-            | "lib"
-            | "lib32"
-            | "lib64"
-            | "libx32"
-            | "usr"
-            | "run"
-            | "boot"
-    ) || (components.len() <= daemon.len() && daemon.starts_with(&components));
+        "proc" | "sys" | "dev" | "etc" | "run" | "boot"
+    ) || system_dir(components[0])
+        || components == ["usr"]
+        || (components[0] == "usr" && system_dir(components[1]))
+        || (components.len() <= daemon.len() && daemon.starts_with(&components));
     if reserved {
         return Err(MountPathError::Reserved { path: owned() });
     }
@@ -169,6 +166,20 @@ mod tests {
                     check_mount_path(bad),
                     Err(MountPathError::NotAbsolute { .. })
                 ),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "/etc",
+            "/etc/x",
+            "/lib/x",
+            "/usr",
+            "/usr/bin",
+            "/usr/lib/x",
+            "/run",
+        ] {
+            assert!(
+                matches!(check_mount_path(bad), Err(MountPathError::Reserved { .. })),
                 "{bad}"
             );
         }
