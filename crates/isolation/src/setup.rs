@@ -426,7 +426,11 @@ fn mount_root_overlay(spec: &SandboxSpec, userns: &OwnedFd) -> Result<(), SetupE
         })?;
     }
 
-    let options = overlay_options(spec.layers.len(), &spec.upper_dir, &spec.overlay_work_dir);
+    // Paths relative to the run directory (the working directory), as the lower layers are,
+    // so that the sandbox's /proc/mounts shows no host path.
+    let upper = relative_to_run_dir(&spec.run_dir, &spec.upper_dir);
+    let work = relative_to_run_dir(&spec.run_dir, &spec.overlay_work_dir);
+    let options = overlay_options(spec.layers.len(), &upper, &work);
     mount(
         Some("overlay"),
         ROOTFS_DIR,
@@ -605,6 +609,21 @@ fn overlay_options(layers: usize, upper: &Path, work: &Path) -> String {
     )
 }
 
+/// Returns `path` relative to `run_dir` when it lies in the run directory or beside it in the
+/// sandbox's directory, and unchanged otherwise.
+fn relative_to_run_dir(run_dir: &Path, path: &Path) -> PathBuf {
+    if let Ok(inside) = path.strip_prefix(run_dir) {
+        return inside.to_path_buf();
+    }
+    match run_dir
+        .parent()
+        .map(|sandbox_dir| path.strip_prefix(sandbox_dir))
+    {
+        Some(Ok(beside)) => Path::new("..").join(beside),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Escapes the characters that separate overlay options (`,`) and layers (`:`).
 fn escape_overlay_path(path: &Path) -> String {
     let mut escaped = String::new();
@@ -683,6 +702,23 @@ mod tests {
         assert_eq!(
             options,
             "lowerdir=lower/2:lower/1:lower/0,upperdir=/u,workdir=/w,index=off"
+        );
+    }
+
+    #[test]
+    fn overlay_dirs_relative_to_run_dir() {
+        let run = Path::new("/data/sandboxes/s1/run");
+        assert_eq!(
+            relative_to_run_dir(run, Path::new("/data/sandboxes/s1/run/disk/upper")),
+            Path::new("disk/upper")
+        );
+        assert_eq!(
+            relative_to_run_dir(run, Path::new("/data/sandboxes/s1/upper")),
+            Path::new("../upper")
+        );
+        assert_eq!(
+            relative_to_run_dir(run, Path::new("/elsewhere/upper")),
+            Path::new("/elsewhere/upper")
         );
     }
 

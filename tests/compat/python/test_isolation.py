@@ -40,6 +40,14 @@ def test_root_inside_is_not_root_outside(server, sandbox):
     assert os.stat(f"/proc/{pid1}/root/root-made-this").st_uid == host_base
 
 
+def test_mount_table_shows_no_host_paths(server, sandbox):
+    # /proc/mounts lists sources and options; the overlay's directories are relative.
+    mounts = sandbox.process.exec("cat /proc/mounts").result
+    assert "upperdir=disk/upper" in mounts
+    assert server.data_dir not in mounts
+    assert "/var/cache/daytona" not in mounts
+
+
 def test_sandboxes_do_not_see_each_other(daytona, sandbox):
     other = daytona.create()
     try:
