@@ -33,7 +33,7 @@ const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip
 const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// Longest image name accepted.
+/// Maximum length of an image name.
 const MAX_NAME: usize = 128;
 
 /// Returns whether `name` can name an image: 1 to 128 letters, digits and `._-:/`, starting

@@ -134,7 +134,7 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
             MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME,
             Some("discard,noinit_itable"),
         );
-        // The descriptor closes here: the mount holds the device now, or, after a failed
+        // The descriptor closes here: the mount keeps the device now, or, after a failed
         // mount, nothing does and the device detaches.
         drop(device_fd);
         match mounted {

@@ -4,7 +4,7 @@
 //! A snapshot names an image of the server's image store. Images get there through
 //! `daytona snapshot import` (docker-archive or OCI layout); `POST /snapshots` with `imageName`
 //! registers one for the organization. Building an image from the SDK's `Image` definition
-//! (`buildInfo`) is not available yet and answers 400 `FEATURE_NOT_AVAILABLE`.
+//! (`buildInfo`) is not available yet and returns 400 `FEATURE_NOT_AVAILABLE`.
 //!
 //! Deleting a snapshot that sandboxes still use is refused with 409; deleting the last
 //! snapshot of an image removes the image from the store with every blob and unpacked layer

@@ -35,7 +35,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(by_name))
 }
 
-/// The directory that holds every volume.
+/// The directory that contains every volume.
 pub fn volumes_dir(state: &AppState) -> PathBuf {
     state.config.data_dir.join("volumes")
 }
@@ -186,7 +186,7 @@ pub async fn by_name(
 }
 
 /// `DELETE /volumes/{volumeId}`: removes the volume and its files. A volume that a sandbox
-/// mounts, in any state, answers 409; delete those sandboxes first.
+/// mounts, in any state, gets 409; delete those sandboxes first.
 #[utoipa::path(delete, path = "/volumes/{volumeId}", tag = "volumes",
     params(("volumeId" = String, Path, description = "Volume id")),
     responses((status = 200, description = "The volume and its files are gone"),

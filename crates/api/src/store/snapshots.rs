@@ -215,7 +215,8 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a snapshot named `name` exists in any organization (names are unique).
+    /// Returns whether a snapshot named `name` exists in any organization. Names are unique
+    /// across organizations.
     pub async fn snapshot_name_taken(&self, name: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT id FROM snapshots WHERE name = $1")
             .bind(name)
@@ -252,7 +253,7 @@ impl Store {
         Ok(())
     }
 
-    /// How many snapshots, in any organization, use the store image `image_name`.
+    /// Counts the snapshots, in any organization, that use the store image `image_name`.
     pub async fn snapshots_using_image(&self, image_name: &str) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM snapshots WHERE image_name = $1")
             .bind(image_name)
@@ -263,7 +264,7 @@ impl Store {
             .map_err(query_error("count snapshots of an image"))
     }
 
-    /// Whether a snapshot of the organization uses the store image `image_name`.
+    /// Returns whether a snapshot of the organization uses the store image `image_name`.
     pub async fn organization_uses_image(
         &self,
         organization_id: &str,
@@ -283,7 +284,7 @@ impl Store {
         Ok(count > 0)
     }
 
-    /// The ids of the sandboxes (in any state but deleted) created from snapshot `name`.
+    /// Lists the ids of the sandboxes (in any state but deleted) created from snapshot `name`.
     pub async fn sandboxes_using_snapshot(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM sandboxes WHERE snapshot = $1 ORDER BY id")
             .bind(name)
