@@ -6,6 +6,7 @@ target_triple=x86_64-unknown-linux-gnu
 release_dir="$repo_root/target/release"
 daemon_bin="$repo_root/target/$target_triple/release/daytona-daemon"
 daytona_bin="$release_dir/daytona"
+fault_bin="$release_dir/daytona-fault"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -71,4 +72,15 @@ build() {
         echo "error: $daemon_bin is dynamically linked; it must be static to run inside any image" >&2
         exit 1
     fi
+}
+
+# Builds the crash-safety tests' server, which stops at a named step when DAYTONA_FAULT says
+# so, as $fault_bin; then makes $daytona_bin the normal build again.
+build_fault_variant() {
+    cd "$repo_root"
+    log "building daytona with fault injection (release)"
+    cargo build --release --locked -p daytona-cli --features fault-injection
+    cp "$daytona_bin" "$fault_bin.tmp"
+    mv "$fault_bin.tmp" "$fault_bin"
+    cargo build --release --locked -p daytona-cli
 }

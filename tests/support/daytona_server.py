@@ -36,9 +36,9 @@ def free_port() -> int:
 class Server:
     """A running `daytona server` and the credentials to reach it."""
 
-    def __init__(self, extra_args: list[str] | None = None):
+    def __init__(self, extra_args: list[str] | None = None, binary: str | None = None):
         self.extra_args = list(extra_args or [])
-        self.binary = os.environ["DAYTONA_BIN"]
+        self.binary = binary or os.environ["DAYTONA_BIN"]
         self.daemon_binary = os.environ["DAYTONA_DAEMON_BIN"]
         self.image_cache = os.environ.get("DAYTONA_IMAGE_CACHE", "/var/cache/daytona/images")
         self.port = free_port()
@@ -49,8 +49,9 @@ class Server:
         self.log_path = os.path.join(self.data_dir, "server.out")
         self.process = None
 
-    def start(self):
-        env = dict(os.environ, DAYTONA_ADMIN_API_KEY=self.api_key, DAYTONA_LOG="info")
+    def start(self, env: dict[str, str] | None = None):
+        """Starts the server; `env` adds variables to its environment for this start only."""
+        env = dict(os.environ, **(env or {}), DAYTONA_ADMIN_API_KEY=self.api_key, DAYTONA_LOG="info")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [

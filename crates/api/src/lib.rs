@@ -10,6 +10,7 @@ mod events;
 mod json;
 mod lifecycle;
 mod listener;
+mod objects;
 mod quota;
 mod registry;
 mod routes;

@@ -1143,7 +1143,6 @@ async fn unavailable_features_are_documented_400() {
     let id = &record.id;
     let snapshot = daytona_images::DEFAULT_SNAPSHOT;
     let cases = [
-        ("POST", format!("/api/sandbox/{id}/archive"), "archiving"),
         ("POST", format!("/api/sandbox/{id}/backup"), "backups"),
         ("GET", format!("/api/sandbox/{id}/build-logs"), "build logs"),
         (

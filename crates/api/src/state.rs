@@ -11,6 +11,7 @@ use crate::auth::KeyCache;
 use crate::config::ServerConfig;
 use crate::events::Events;
 use crate::lifecycle::Lifecycle;
+use crate::objects::ObjectStorage;
 use crate::quota::Quotas;
 use crate::signing::Signing;
 use crate::store::Store;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub quotas: Quotas,
     pub lifecycle: Lifecycle,
     pub signing: Signing,
+    /// Sandbox archives and build contexts.
+    pub objects: ObjectStorage,
     /// CPU and memory samples of the sandboxes.
     pub telemetry: Telemetry,
     /// Unpacked layers of each usable snapshot image, by snapshot name.
@@ -47,6 +50,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: ServerConfig, store: Store, runner: Arc<Runner>) -> Self {
+        let objects = ObjectStorage::open(&config.data_dir.join("objects"));
         Self {
             lifecycle: Lifecycle::new(config.lifecycle.clone()),
             config,
@@ -56,6 +60,7 @@ impl Shared {
             events: Events::default(),
             quotas: Quotas::default(),
             signing: Signing::default(),
+            objects,
             telemetry: Telemetry::default(),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),

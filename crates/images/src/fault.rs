@@ -48,7 +48,7 @@ fn configured(step: &str) -> Option<Action> {
 
 /// Applies the fault configured for `step`, if any.
 #[cfg(any(test, feature = "fault-injection"))]
-pub(crate) fn hit(step: &'static str) -> Result<(), Error> {
+pub fn hit(step: &'static str) -> Result<(), Error> {
     match configured(step) {
         None => Ok(()),
         Some(Action::Fail) => Err(Error::FaultInjected { step }),
@@ -71,6 +71,6 @@ pub(crate) fn hit(step: &'static str) -> Result<(), Error> {
 /// Without the `fault-injection` feature no step ever fails.
 #[cfg(not(any(test, feature = "fault-injection")))]
 #[inline(always)]
-pub(crate) fn hit(_step: &'static str) -> Result<(), Error> {
+pub fn hit(_step: &'static str) -> Result<(), Error> {
     Ok(())
 }

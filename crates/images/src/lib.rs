@@ -26,7 +26,7 @@
 mod capture;
 mod error;
 mod export;
-mod fault;
+pub mod fault;
 mod gc;
 mod import;
 #[cfg(test)]

@@ -57,6 +57,9 @@ pub struct InstanceRecord {
     /// Directory that commands start in; the user's home when `None`.
     #[serde(default)]
     pub work_dir: Option<String>,
+    /// Whether the writable layer was archived and removed from this host.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// Whether a sandbox's processes run.

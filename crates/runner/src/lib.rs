@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod archive;
 mod daemon_client;
 mod disk;
 mod instance;
@@ -17,6 +18,7 @@ mod slots;
 mod snapshot;
 mod usage;
 
+pub use archive::ArchivedLayer;
 pub use daytona_isolation::spec::{MountPathError, VOLUME_UID_BASE, VolumeMount, check_mount_path};
 pub use disk::DiskError;
 pub use instance::{Limits, SandboxRuntimeState};

@@ -76,6 +76,20 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to archive the writable layer of sandbox {sandbox_id}")]
+    Archive {
+        sandbox_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to restore the writable layer of sandbox {sandbox_id}")]
+    Restore {
+        sandbox_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sandbox {sandbox_id} is archived: restore its writable layer before it starts")]
+    Archived { sandbox_id: String },
     #[error("failed to prepare the disk of sandbox {sandbox_id}")]
     Disk {
         sandbox_id: String,
@@ -303,6 +317,7 @@ impl Runner {
             pooled,
             volumes: params.volumes,
             disk_image: self.disk_images,
+            archived: false,
         };
         let prepared = std::fs::create_dir_all(&dirs.root)
             .map_err(|source| RunnerError::Prepare {
@@ -368,6 +383,11 @@ impl Runner {
             && self.runtime.is_running(process)
         {
             return Ok(());
+        }
+        if record.archived {
+            return Err(RunnerError::Archived {
+                sandbox_id: sandbox_id.to_owned(),
+            });
         }
         record.process = None;
         self.runtime.release_cgroup(sandbox_id);

@@ -35,7 +35,7 @@ use crate::runner::{CreateParams, Runner, RunnerError, save};
 use crate::slots;
 
 /// Name of the upper directory and of the overlay work directory in a disk image.
-const DISK_UPPER: &str = "upper";
+pub(crate) const DISK_UPPER: &str = "upper";
 
 impl Runner {
     /// Captures the files of a sandbox, running or stopped, as image `name` of `store`: the
@@ -198,7 +198,7 @@ impl Runner {
         save(&record, &target.dirs)
     }
 
-    fn runs(&self, record: &InstanceRecord) -> bool {
+    pub(crate) fn runs(&self, record: &InstanceRecord) -> bool {
         record
             .process
             .as_ref()
@@ -232,7 +232,7 @@ impl Runner {
 
 /// Runs `read` on the sandbox's upper directory: in place for a sandbox without a disk image,
 /// else in a private mount of its disk image, made read-only.
-async fn with_upper<T: Send + 'static>(
+pub(crate) async fn with_upper<T: Send + 'static>(
     dirs: &InstanceDirs,
     record: &InstanceRecord,
     read: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
@@ -282,7 +282,7 @@ fn tempfile_dir() -> io::Result<PathBuf> {
 /// Mounts the ext4 filesystem of a disk image at `target`: through the loop device that the
 /// running sandbox uses, which gives the sandbox's own superblock, or, when the image is not
 /// attached, through a new loop device that detaches once the mount is gone.
-fn disk_mount(image: &Path, target: &Path) -> io::Result<()> {
+pub(crate) fn disk_mount(image: &Path, target: &Path) -> io::Result<()> {
     let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME;
     for device in daytona_isolation::disk::loop_devices_of(image) {
         let device = Path::new("/dev").join(device);
@@ -300,7 +300,7 @@ fn disk_mount(image: &Path, target: &Path) -> io::Result<()> {
 /// Runs `work` on a thread of its own with a private mount namespace, passing it an empty
 /// directory to mount on. Its mounts are seen by no other thread or process and go away when
 /// the thread ends, which this waits for.
-async fn in_private_mounts<T: Send + 'static>(
+pub(crate) async fn in_private_mounts<T: Send + 'static>(
     work: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     let mount_point = std::env::temp_dir().join(format!("daytona-layer-{}", uuid::Uuid::new_v4()));
@@ -393,7 +393,7 @@ async fn copy_tree(from: PathBuf, to: PathBuf) -> io::Result<()> {
 /// Moves the owners of every file under `root` from the id range starting at `from` to the
 /// one starting at `to`; ids outside the range stay. Set-user-ID and set-group-ID bits, which
 /// a change of owner clears, are restored. Returns how many files changed.
-fn shift_owners(root: &Path, from: u32, to: u32, size: u32) -> io::Result<u64> {
+pub(crate) fn shift_owners(root: &Path, from: u32, to: u32, size: u32) -> io::Result<u64> {
     let shift = |id: u32| {
         id.checked_sub(from)
             .filter(|offset| *offset < size)

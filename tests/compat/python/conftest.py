@@ -44,3 +44,20 @@ def sandbox(daytona):
         daytona.delete(created)
     except Exception:  # noqa: BLE001 - a test may have deleted it already
         pass
+
+
+@pytest.fixture
+def own_server():
+    """A server of the test's own, for tests that restart it or change its settings."""
+    instance = Server()
+    instance.start()
+    yield instance
+    instance.stop()
+    instance.remove_data()
+
+
+def client_for(server):
+    """An SDK client of `server`, without the environment variables."""
+    from daytona import Daytona, DaytonaConfig
+
+    return Daytona(DaytonaConfig(api_key=server.api_key, api_url=server.api_url))

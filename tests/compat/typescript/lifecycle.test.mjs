@@ -51,6 +51,23 @@ test('stop keeps files, start brings them back', async () => {
   });
 });
 
+test('archive moves files away, start restores them', async () => {
+  await withSandbox(daytona, undefined, async (sandbox) => {
+    await sandbox.fs.uploadFile(Buffer.from('archived'), '/home/daytona/kept.txt');
+    await sandbox.stop();
+    await sandbox.archive();
+    const deadline = Date.now() + 30_000;
+    while (sandbox.state !== 'archived' && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sandbox.refreshData();
+    }
+    assert.equal(sandbox.state, 'archived');
+    await sandbox.start();
+    assert.equal(sandbox.state, 'started');
+    assert.equal((await sandbox.fs.downloadFile('/home/daytona/kept.txt')).toString(), 'archived');
+  });
+});
+
 test('home and work dir', async () => {
   await withSandbox(daytona, undefined, async (sandbox) => {
     assert.equal(await sandbox.getUserHomeDir(), '/home/daytona');

@@ -125,7 +125,6 @@ test('getMetrics returns the samples the server records', async () => {
 test('features that are not available yet raise DaytonaBadRequestError', async () => {
   await withSandbox(admin, undefined, async (sandbox) => {
     const calls = {
-      archive: () => sandbox.archive(),
       getPreviewLink: () => sandbox.getPreviewLink(3000),
       getSignedPreviewUrl: () => sandbox.getSignedPreviewUrl(3000, 60),
       createSshAccess: () => sandbox.createSshAccess(60),

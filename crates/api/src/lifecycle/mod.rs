@@ -8,6 +8,8 @@
 //! start:    stopped  -> starting -> started
 //! recover:  error    -> starting -> started
 //! stop:     started  -> stopping -> stopped
+//! archive:  stopped  -> archiving -> archived (see [`archive`](self::archive))
+//! start:    archived -> restoring -> started
 //! delete:   any state -> destroying -> destroyed (the row is removed, so GET returns 404)
 //! failure:  creating | starting | stopping | started -> error
 //! ```
@@ -29,6 +31,7 @@
 //!   memory and quota share are free at once. Its files stay, so that `recover` can start it.
 
 mod activity;
+mod archive;
 mod operations;
 mod reconciler;
 mod recovery;
@@ -45,6 +48,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use activity::{Activity, record_activity, track_toolbox_request};
+pub use archive::{MAX_AUTO_ARCHIVE_MINUTES, archive};
 pub use operations::{CreatePlan, create, delete, recover, resize, start, stop};
 pub use reconciler::run as run_reconciler;
 pub use recovery::reconcile_after_restart;
@@ -66,6 +70,7 @@ pub enum OperationKind {
     Delete,
     Snapshot,
     Fork,
+    Archive,
 }
 
 impl OperationKind {
@@ -79,6 +84,7 @@ impl OperationKind {
             Self::Delete => "delete",
             Self::Snapshot => "snapshot",
             Self::Fork => "fork",
+            Self::Archive => "archive",
         }
     }
 }
@@ -252,7 +258,11 @@ pub async fn wait_finished(finished: &mut watch::Receiver<bool>, limit: Duration
 /// Returns the desired state that a state implies, as Daytona reports it beside the state.
 fn desired_state(state: SandboxState, previous: Option<&str>) -> Option<String> {
     let desired = match state {
-        SandboxState::Creating | SandboxState::Starting | SandboxState::Started => "started",
+        SandboxState::Creating
+        | SandboxState::Starting
+        | SandboxState::Started
+        | SandboxState::Restoring => "started",
+        SandboxState::Archiving | SandboxState::Archived => "archived",
         SandboxState::Stopping | SandboxState::Stopped => "stopped",
         SandboxState::Destroying | SandboxState::Destroyed => "destroyed",
         _ => return previous.map(str::to_owned),

@@ -57,7 +57,7 @@ enum RunnerOutcome {
 
 /// The outcome of a failed start for the sandbox.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum AfterFailure {
+pub(super) enum AfterFailure {
     /// The sandbox existed before: it moves to `error` with its files, to be recovered.
     KeepInError,
     /// The sandbox is being created: nothing of it remains, and the create returns 500.
@@ -193,6 +193,7 @@ pub async fn start(state: &AppState, record: SandboxRecord) -> Result<SandboxRec
     match record.state {
         SandboxState::Started => return Ok(record),
         SandboxState::Stopped => {}
+        SandboxState::Archived => return super::archive::restore(state, record).await,
         SandboxState::Error => {
             return Err(ApiError::bad_request(format!(
                 "sandbox {} is in an errored state ({}); recover it with POST /sandbox/{}/recover, or delete it",
@@ -253,7 +254,7 @@ async fn begin_start(
 /// Waits for the runner's start of a `starting` sandbox and moves the sandbox to `started`.
 /// When the start failed or passed its deadline, the sandbox moves to `error`, or is
 /// destroyed and the operation fails, as `after_failure` selects.
-async fn finish_start(
+pub(super) async fn finish_start(
     state: &AppState,
     mut record: SandboxRecord,
     guard: OperationGuard,
@@ -493,13 +494,16 @@ pub async fn delete(state: &AppState, record: SandboxRecord) -> Result<SandboxRe
         };
     }
 
-    // 2. Processes, cgroups, uid range and files. This also ends a start in progress.
+    // 2. Processes, cgroups, uid range and files, local and archived. This also ends a start
+    //    in progress.
     if let Err(error) = state.runner.destroy(&id).await {
         return Err(ApiError::internal(
             format!("failed to destroy sandbox {id}; the server retries"),
             error,
         ));
     }
+
+    super::archive::forget(state, &record).await;
 
     // 3. The interrupted operation drops its quota reservation when it ends.
     if let Some(mut finished) = previous
@@ -569,7 +573,7 @@ async fn with_deadline(
 }
 
 /// Runs an operation's task; its result arrives on the receiver.
-fn spawn_operation(
+pub(super) fn spawn_operation(
     task: impl Future<Output = Result<(), ApiError>> + Send + 'static,
 ) -> oneshot::Receiver<Result<(), ApiError>> {
     let (sender, receiver) = oneshot::channel();
@@ -581,7 +585,7 @@ fn spawn_operation(
 
 /// Waits for an operation up to [`RESPONSE_WAIT`] and returns the sandbox as it is then, or
 /// the operation's error.
-async fn answer(
+pub(super) async fn answer(
     state: &AppState,
     sandbox_id: &str,
     outcome: oneshot::Receiver<Result<(), ApiError>>,
@@ -607,13 +611,15 @@ fn destroyed(mut record: SandboxRecord) -> SandboxRecord {
 
 /// Returns the error for a request that the sandbox's current state does not allow: 409
 /// while a transition is in progress, 400 otherwise.
-fn wrong_state(record: &SandboxRecord, current: SandboxState, action: &str) -> ApiError {
+pub(super) fn wrong_state(record: &SandboxRecord, current: SandboxState, action: &str) -> ApiError {
     if matches!(
         current,
         SandboxState::Creating
             | SandboxState::Starting
             | SandboxState::Stopping
             | SandboxState::Destroying
+            | SandboxState::Archiving
+            | SandboxState::Restoring
     ) {
         ApiError::conflict(format!(
             "sandbox state change in progress: sandbox {} is {current}; retry the {action} when it has finished",
@@ -632,13 +638,13 @@ fn wrong_state(record: &SandboxRecord, current: SandboxState, action: &str) -> A
     }
 }
 
-fn changed_meanwhile(sandbox_id: &str) -> ApiError {
+pub(super) fn changed_meanwhile(sandbox_id: &str) -> ApiError {
     ApiError::conflict(format!(
         "sandbox state change in progress: sandbox {sandbox_id} changed state during the request; read it again and retry"
     ))
 }
 
-fn deleted_meanwhile(sandbox_id: &str) -> ApiError {
+pub(super) fn deleted_meanwhile(sandbox_id: &str) -> ApiError {
     ApiError::conflict(format!(
         "sandbox {sandbox_id} was deleted while the operation was in progress"
     ))

@@ -6,13 +6,16 @@
 //! - checks each started sandbox's activity (see [`super::activity`]) and stops it after
 //!   `autoStopInterval` minutes without any, or never when the interval is 0. A sandbox whose
 //!   `autoDeleteInterval` is 0 is deleted instead of stopped;
-//! - deletes stopped sandboxes after `autoDeleteInterval` minutes stopped (-1 never);
+//! - deletes stopped sandboxes after `autoDeleteInterval` minutes stopped (-1 never), and
+//!   archives the others after `autoArchiveInterval` minutes stopped (0 means the maximum,
+//!   30 days);
+//! - settles archives and restores that no operation drives (see [`settle`]);
 //! - moves sandboxes whose processes died to `error`, and sandboxes left in `creating`,
 //!   `starting` or `stopping` by no operation past the transition deadline too;
 //! - retries deletes left in `destroying`.
 //!
-//! `autoArchiveInterval` and `autoPauseInterval` are stored and reported but have no effect:
-//! this server neither archives nor pauses container sandboxes.
+//! `autoPauseInterval` is stored and reported but has no effect: this server does not pause
+//! container sandboxes.
 
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::activity::record_activity;
+use super::archive::{MAX_AUTO_ARCHIVE_MINUTES, archive, settle};
 use super::operations::{delete, fail, stop};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -101,12 +105,31 @@ async fn reconcile(
         .map(|at| elapsed(at, now));
     match record.state {
         SandboxState::Started => reconcile_started(state, record, now).await?,
-        SandboxState::Stopped if record.auto_delete_interval >= 0 => {
+        SandboxState::Stopped => {
             let stopped_for = since_change.unwrap_or(Duration::MAX);
-            if stopped_for >= lifecycle.minutes(record.auto_delete_interval) {
+            let archive_after = match record.auto_archive_interval {
+                0 => MAX_AUTO_ARCHIVE_MINUTES,
+                minutes => minutes,
+            };
+            if record.auto_delete_interval >= 0
+                && stopped_for >= lifecycle.minutes(record.auto_delete_interval)
+            {
                 tracing::info!(sandbox_id = %record.id, auto_delete_minutes = record.auto_delete_interval, "deleting sandbox: auto-delete interval passed");
                 delete(state, record).await?;
+            } else if stopped_for >= lifecycle.minutes(archive_after) {
+                tracing::info!(sandbox_id = %record.id, auto_archive_minutes = archive_after, "archiving sandbox: auto-archive interval passed");
+                // The archive can take a while; the sweep goes on meanwhile.
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = archive(&state, record).await {
+                        tracing::warn!(%error, "auto-archive failed");
+                    }
+                });
             }
+        }
+        SandboxState::Archiving | SandboxState::Restoring => {
+            let mut record = record;
+            settle(state, &mut record).await?;
         }
         SandboxState::Creating | SandboxState::Starting | SandboxState::Stopping => {
             let timeout = lifecycle.config().transition_timeout;

@@ -13,6 +13,9 @@
 //! | `error` | processes killed, `error` | `error` | `error` |
 //! | `destroying` | the delete is finished | the delete is finished | row removed |
 //!
+//! Archives and restores in progress are settled by [`archive::settle`]: the runner's archived
+//! mark says whether the files are local (`stopped`) or only in object storage (`archived`).
+//!
 //! Sandboxes on disk that the store does not know are destroyed.
 
 use std::collections::HashSet;
@@ -20,13 +23,14 @@ use std::collections::HashSet;
 use daytona_runner::SandboxRuntimeState;
 use daytona_wire::api::SandboxState;
 
-use super::{add_route, operations, transition};
+use super::{add_route, archive, operations, transition};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::SandboxRecord;
 
 /// Reconciles every stored sandbox with the runner; see the module documentation.
 pub async fn reconcile_after_restart(state: &AppState) -> anyhow::Result<()> {
+    archive::clear_staging(state);
     let records = state.store.all_sandboxes().await?;
     let mut known = HashSet::new();
     for record in records {
@@ -53,6 +57,9 @@ async fn reconcile_one(state: &AppState, mut record: SandboxRecord) -> Result<()
     if record.state == SandboxState::Destroying {
         tracing::info!(sandbox_id = %record.id, "finishing the delete the server stopped in the middle of");
         operations::delete(state, record).await?;
+        return Ok(());
+    }
+    if state.runner.contains(&record.id) && archive::settle(state, &mut record).await? {
         return Ok(());
     }
 

@@ -15,8 +15,8 @@ use utoipa_axum::routes;
 
 use super::organizations::owned_sandbox;
 use crate::auth::Caller;
-use crate::config::DEFAULT_AUTO_ARCHIVE_MINUTES;
 use crate::error::ApiError;
+use crate::lifecycle::MAX_AUTO_ARCHIVE_MINUTES;
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -43,7 +43,7 @@ pub async fn config(State(state): State<AppState>) -> Json<DaytonaConfiguration>
         proxy_toolbox_url: state.toolbox_proxy_url(),
         default_snapshot: daytona_images::DEFAULT_SNAPSHOT.to_owned(),
         dashboard_url: state.config.public_url.clone(),
-        max_auto_archive_interval: DEFAULT_AUTO_ARCHIVE_MINUTES,
+        max_auto_archive_interval: MAX_AUTO_ARCHIVE_MINUTES,
         maintanance_mode: false,
         environment: "self-hosted".to_owned(),
         analytics_api_url: None,

@@ -23,7 +23,6 @@ pub const CODE: &str = "FEATURE_NOT_AVAILABLE";
 
 /// The reason and the way around it, for each feature.
 mod message {
-    pub const ARCHIVE: &str = "archiving sandboxes is not available yet on this server: it needs object storage for the archived files; stop the sandbox instead, which keeps its files";
     pub const BACKUP: &str = "sandbox backups are not available yet on this server: they need object storage; a stopped sandbox keeps its files on this host";
     pub const BUILD_LOGS: &str = "build logs are not available yet on this server: sandboxes start only from ready snapshots, so nothing is built";
     pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
@@ -71,7 +70,6 @@ async fn snapshot_feature(
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(archive_sandbox))
         .routes(routes!(backup_sandbox))
         .routes(routes!(sandbox_build_logs))
         .routes(routes!(sandbox_build_logs_url))
@@ -89,18 +87,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_secrets_paginated))
         .routes(routes!(get_secret, update_secret, delete_secret))
         .routes(routes!(object_storage_push_access))
-}
-
-/// `POST /sandbox/{id}/archive`: not available yet.
-#[utoipa::path(post, path = "/sandbox/{id}/archive", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn archive_sandbox(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::ARCHIVE).await
 }
 
 /// `POST /sandbox/{id}/backup`: not available yet.

@@ -42,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get, delete))
         .routes(routes!(start))
         .routes(routes!(stop))
+        .routes(routes!(archive))
         .routes(routes!(recover))
         .routes(routes!(resize))
         .routes(routes!(toolbox_proxy_url))
@@ -522,6 +523,24 @@ pub async fn stop(
     }
     let record = find(&state, &caller, &id_or_name).await?;
     let record = lifecycle::stop(&state, record, force).await?;
+    Ok(Json(dto::sandbox(&state, &record)))
+}
+
+/// `POST /sandbox/{idOrName}/archive`: moves a stopped sandbox's files to object storage and
+/// removes them from the host; a start brings them back.
+#[utoipa::path(post, path = "/sandbox/{id}/archive", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, description = "The sandbox: `archived`, `archiving` when it takes longer than 30 s, or `stopped` with an `errorReason` when the archive failed", body = Sandbox),
+        (status = 400, description = "The sandbox is not stopped", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Another state change is in progress", body = ErrorBody)))]
+pub async fn archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let record = find(&state, &caller, &id_or_name).await?;
+    let record = lifecycle::archive(&state, record).await?;
     Ok(Json(dto::sandbox(&state, &record)))
 }
 
