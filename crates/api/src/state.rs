@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use daytona_runner::Runner;
 
 use crate::auth::KeyCache;
+use crate::builds::Builds;
 use crate::config::ServerConfig;
 use crate::events::Events;
 use crate::lifecycle::Lifecycle;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub signing: Signing,
     /// CPU and memory samples of the sandboxes.
     pub telemetry: Telemetry,
+    /// Image builds of snapshots: their logs and running tasks.
+    pub builds: Builds,
     /// Unpacked layers of each usable snapshot image, by snapshot name.
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
@@ -57,6 +60,7 @@ impl Shared {
             quotas: Quotas::default(),
             signing: Signing::default(),
             telemetry: Telemetry::default(),
+            builds: Builds::default(),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),

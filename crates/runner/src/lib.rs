@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod build_step;
 mod daemon_client;
 mod disk;
 mod instance;
