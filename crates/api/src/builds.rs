@@ -4,10 +4,10 @@
 //!
 //! The built image is named after a digest of the Dockerfile and the context hashes
 //! ([`image_name_for`]), so a second build of the same definition reuses the image without
-//! building. A snapshot is `pending` until its task starts, `building` while the steps run,
-//! then `active` or `build_failed` with the failure as `errorReason`. A server that stops
-//! mid-build marks the snapshot `build_failed` at its next start ([`fail_unfinished`]); the
-//! image store's journals already drop the half-written layer.
+//! building. A snapshot is `building` from its create on, then `active` or `build_failed`
+//! with the failure as `errorReason`. A server that stops mid-build marks the snapshot
+//! `build_failed` at its next start ([`fail_unfinished`]), and the image store's journals
+//! drop the half-written layer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ pub fn image_name_for(build_info: &CreateBuildInfo) -> String {
     format!("{IMAGE_PREFIX}{}", hex::encode(hasher.finalize()))
 }
 
-/// Starts the background build of `record`, a `pending` snapshot whose `image_name` is
+/// Starts the background build of `record`, a `building` snapshot whose `image_name` is
 /// [`image_name_for`] `build_info`.
 pub fn start(state: &AppState, record: SnapshotRecord, build_info: CreateBuildInfo) {
     let log = Arc::new(BuildLog::new());
@@ -210,19 +210,14 @@ async fn run(
     build_info: CreateBuildInfo,
     log: &BuildLog,
 ) {
-    record.state = SnapshotState::Building;
-    record.updated_at = daytona_wire::now_rfc3339();
-    if let Err(error) = state.store.upsert_snapshot(&record).await {
-        tracing::warn!(snapshot = %record.name, %error, "failed to record that the build started");
-    }
     log.line(&format!("Building snapshot {}", record.name));
 
     let scratch = state.config.data_dir.join("builds").join(&record.id);
     let result = build_image(state, &record, &build_info, &scratch, log).await;
-    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %scratch.display(), %error, "failed to remove a build's scratch directory");
-        }
+    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %scratch.display(), %error, "failed to remove a build's scratch directory");
     }
 
     record.updated_at = daytona_wire::now_rfc3339();
@@ -379,9 +374,9 @@ pub async fn fail_unfinished(state: &AppState) {
         }
     }
     let scratch = state.config.data_dir.join("builds");
-    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %scratch.display(), %error, "failed to remove old build directories");
-        }
+    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %scratch.display(), %error, "failed to remove old build directories");
     }
 }

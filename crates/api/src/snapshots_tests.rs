@@ -121,7 +121,9 @@ async fn snapshots_are_created_from_imported_images_and_deleted_with_them() {
     let build = json!({"name": "snap-c", "buildInfo": {"dockerfileContent": "FROM x"}});
     let (status, reply) = call(&harness, "POST", "/api/snapshots", Some(build), Some(KEY)).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply["state"], "pending");
+    assert_eq!(reply["state"], "building");
+    let (status, _) = call(&harness, "DELETE", "/api/snapshots/snap-c", None, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
     let bad_build = json!({"name": "snap-e", "buildInfo": {"contextHashes": []}});
     let (status, _) = call(
         &harness,

@@ -39,6 +39,9 @@ def built(daytona):
         .run_commands("echo built-by-run > /opt/marker", "mkdir -p /srv/app")
         .env({"BUILD_GREETING": "hello world"})
         .workdir("/srv/app")
+        # Unique per run: the image store is shared across runs, and the same definition
+        # would reuse the image of an earlier run without a build.
+        .env({"BUILD_RUN": name})
     )
     snapshot = daytona.snapshot.create(CreateSnapshotParams(name=name, image=image), on_logs=lines.append)
     yield snapshot, lines
@@ -53,8 +56,8 @@ def test_image_definition_builds_active_snapshot(built):
     assert snapshot.state == "active"
     text = "\n".join(lines)
     assert "RUN echo built-by-run > /opt/marker" in text
-    assert "without network access" in text
-    assert f"Successfully built image" in text
+    assert "The build has no network access" in text
+    assert "Successfully built image" in text
 
 
 def test_sandbox_from_built_snapshot_sees_files_and_env(daytona, built):
@@ -71,14 +74,15 @@ def test_sandbox_from_built_snapshot_sees_files_and_env(daytona, built):
 def test_rebuild_reuses_cached_steps(daytona, built):
     snapshot, _ = built
     lines = []
+    name = _name("rebuilt")
     image = (
         Image.base(DEFAULT_IMAGE)
         .run_commands("echo built-by-run > /opt/marker", "mkdir -p /srv/app")
         .env({"BUILD_GREETING": "hello world"})
         .workdir("/srv/app")
+        .env({"BUILD_RUN": name})
         .run_commands("echo second > /opt/second")
     )
-    name = _name("rebuilt")
     second = daytona.snapshot.create(CreateSnapshotParams(name=name, image=image), on_logs=lines.append)
     try:
         assert second.state == "active"

@@ -4,8 +4,8 @@
 //! A snapshot names an image of the server's image store. Images get there through
 //! `daytona snapshot import` (docker-archive or OCI layout); `POST /snapshots` with `imageName`
 //! registers one for the organization. With `buildInfo` (the SDK's `Image` definition as a
-//! Dockerfile) it builds the image in the background: the snapshot is `pending`, then
-//! `building`, then `active` or `build_failed`, and its build log streams from
+//! Dockerfile) it builds the image in the background: the snapshot is `building`, then
+//! `active` or `build_failed`, and its build log streams from
 //! `GET /snapshots/{id}/build-logs`.
 //!
 //! Deleting a snapshot that sandboxes still use is refused with 409; deleting the last
@@ -126,7 +126,10 @@ pub async fn create(
             name: body.name.clone(),
             image_name: Some(crate::builds::image_name_for(&build_info)),
             image_digest: None,
-            state: SnapshotState::Pending,
+            // `building` at once, not `pending`: the SDK streams the build log only once it
+            // sees a state other than `pending`, and a quick build would be over by its
+            // first poll.
+            state: SnapshotState::Building,
             general: false,
             size_bytes: None,
             cpu,
