@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod builds;
 pub mod config;
 mod dto;
 mod error;

@@ -1141,7 +1141,6 @@ async fn unavailable_features_are_documented_400() {
     let org = default_organization(&harness).await;
     let record = stored(&harness, &org, "plain", SandboxState::Stopped).await;
     let id = &record.id;
-    let snapshot = daytona_images::DEFAULT_SNAPSHOT;
     let cases = [
         ("POST", format!("/api/sandbox/{id}/backup"), "backups"),
         ("GET", format!("/api/sandbox/{id}/build-logs"), "build logs"),
@@ -1174,11 +1173,6 @@ async fn unavailable_features_are_documented_400() {
         ),
         ("PUT", format!("/api/sandbox/{id}/secrets"), "secrets"),
         ("GET", format!("/api/sandbox/{id}/secrets"), "secrets"),
-        (
-            "GET",
-            format!("/api/snapshots/{snapshot}/build-logs-url"),
-            "build logs",
-        ),
         ("GET", "/api/warm-pools".to_owned(), "warm pools"),
         ("PATCH", "/api/warm-pools/p1".to_owned(), "warm pools"),
         ("GET", "/api/secret/paginated".to_owned(), "secrets"),

@@ -64,6 +64,7 @@ pub async fn run(
     let listen = config.listen;
     let state: AppState = Arc::new(Shared::new(config, store, runner));
     lifecycle::reconcile_after_restart(&state).await?;
+    crate::builds::fail_unfinished(&state).await;
     tokio::spawn(lifecycle::run_reconciler(state.clone()));
     tokio::spawn(prepare_default_snapshot(state.clone(), images));
     tokio::spawn(crate::telemetry::run_sampler(state.clone()));

@@ -117,10 +117,23 @@ async fn snapshots_are_created_from_imported_images_and_deleted_with_them() {
         message(&reply).contains("daytona snapshot import"),
         "{reply}"
     );
+    // A build is accepted at once and runs in the background.
     let build = json!({"name": "snap-c", "buildInfo": {"dockerfileContent": "FROM x"}});
     let (status, reply) = call(&harness, "POST", "/api/snapshots", Some(build), Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["state"], "building");
+    let (status, _) = call(&harness, "DELETE", "/api/snapshots/snap-c", None, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    let bad_build = json!({"name": "snap-e", "buildInfo": {"contextHashes": []}});
+    let (status, _) = call(
+        &harness,
+        "POST",
+        "/api/snapshots",
+        Some(bad_build),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(reply["code"], "FEATURE_NOT_AVAILABLE");
     let huge = json!({"name": "snap-d", "imageName": "img-a", "cpu": 10_000});
     let (status, _) = call(&harness, "POST", "/api/snapshots", Some(huge), Some(KEY)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use daytona_runner::Runner;
 
 use crate::auth::KeyCache;
+use crate::builds::Builds;
 use crate::config::ServerConfig;
 use crate::events::Events;
 use crate::lifecycle::Lifecycle;
@@ -40,6 +41,8 @@ pub struct Shared {
     pub objects: ObjectStorage,
     /// CPU and memory samples of the sandboxes.
     pub telemetry: Telemetry,
+    /// Image builds of snapshots: their logs and running tasks.
+    pub builds: Builds,
     /// Unpacked layers of each usable snapshot image, by snapshot name.
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
@@ -62,6 +65,7 @@ impl Shared {
             signing: Signing::default(),
             objects,
             telemetry: Telemetry::default(),
+            builds: Builds::default(),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),

@@ -24,7 +24,7 @@ use crate::pack::{OwnerShift, PackedLayer, pack_layer_mapped};
 use crate::store::{
     INDEX_FILE, create_new_file, descriptor, oci_architecture, remove_temporary, rfc3339, to_json,
 };
-use crate::{Error, Image, ImageStore, fault, is_valid_name};
+use crate::{Error, Image, ImageConfig, ImageStore, fault, is_valid_name};
 
 /// A capture in progress; holds the store's writer lock until it is committed or dropped.
 pub struct Capture {
@@ -34,6 +34,8 @@ pub struct Capture {
     journal: Option<Journal>,
     /// The packed layer's temporary blob, once [`Capture::pack`] has run.
     packed: Option<(PathBuf, PackedLayer)>,
+    /// Runtime defaults and history text that replace the base image's, set by image builds.
+    config: Option<(ImageConfig, String)>,
 }
 
 impl ImageStore {
@@ -62,6 +64,7 @@ impl ImageStore {
             _lock: lock,
             journal: Some(journal),
             packed: None,
+            config: None,
         })
     }
 
@@ -139,6 +142,12 @@ impl Capture {
         Ok(packed)
     }
 
+    /// Sets the runtime defaults of the new image, which otherwise come from the base image,
+    /// and the `created_by` text of its history entry.
+    pub fn set_config(&mut self, config: ImageConfig, created_by: &str) {
+        self.config = Some((config, created_by.to_owned()));
+    }
+
     /// Records the image: the layers `base` (unpacked layer directories of the store, lowest
     /// first) and the packed layer on top. The name is written last, so it only ever points
     /// at a complete image. Blocks.
@@ -146,8 +155,20 @@ impl Capture {
         let (temp, packed) = self.packed.take().ok_or_else(|| Error::CaptureNotPacked {
             image: self.name.clone(),
         })?;
-        let result = self.commit_packed(base, &temp, &packed);
+        let result = self.commit_packed(base, Some((&temp, &packed)));
         remove_temporary(&temp);
+        self.finish(result)
+    }
+
+    /// Records an image made of the layers `base` alone, with the configuration of
+    /// [`Capture::set_config`]: an image build whose last instructions only change the
+    /// configuration. Blocks.
+    pub fn commit_without_layer(mut self, base: &[PathBuf]) -> Result<Image, Error> {
+        let result = self.commit_packed(base, None);
+        self.finish(result)
+    }
+
+    fn finish(mut self, result: Result<Image, Error>) -> Result<Image, Error> {
         let journal = self
             .journal
             .take()
@@ -168,8 +189,7 @@ impl Capture {
     fn commit_packed(
         &mut self,
         base: &[PathBuf],
-        temp: &Path,
-        packed: &PackedLayer,
+        packed: Option<(&Path, &PackedLayer)>,
     ) -> Result<Image, Error> {
         let store = self.store.clone();
         let journal = self
@@ -180,23 +200,37 @@ impl Capture {
             .iter()
             .map(|layer| diff_id_of(layer))
             .collect::<Result<Vec<_>, _>>()?;
-        let (mut layers, runtime) = store.base_of(&base_ids)?;
+        let (mut layers, mut runtime) = store.base_of(&base_ids)?;
+        let mut created_by = "daytona sandbox snapshot".to_owned();
+        let mut comment = format!("the writable layer, as snapshot {}", self.name);
+        if let Some((config, text)) = &self.config {
+            runtime = runtime_config(config, runtime);
+            created_by = text.clone();
+            comment = format!("image build step, as image {}", self.name);
+        }
 
         // 1. The blob and its unpacked layer.
-        journal.add(Object::Blob, &packed.diff_id)?;
-        let blob = store.blob_path(&packed.diff_id)?;
-        if !blob.exists() {
-            store.rename_into_place(temp, &blob)?;
+        let mut diff_ids = base_ids;
+        if let Some((temp, packed)) = packed {
+            journal.add(Object::Blob, &packed.diff_id)?;
+            let blob = store.blob_path(&packed.diff_id)?;
+            if !blob.exists() {
+                store.rename_into_place(temp, &blob)?;
+            }
+            fault::hit("capture.blob-written")?;
+            journal.add(Object::Layer, &packed.diff_id)?;
+            store.unpack_layer_blob(&packed.diff_id, &packed.diff_id)?;
+            fault::hit("capture.layer-unpacked")?;
+            diff_ids.push(packed.diff_id.clone());
+            layers.push(descriptor(
+                oci::MEDIA_TYPE_LAYER_TAR,
+                &packed.diff_id,
+                packed.size,
+            ));
         }
-        fault::hit("capture.blob-written")?;
-        journal.add(Object::Layer, &packed.diff_id)?;
-        store.unpack_layer_blob(&packed.diff_id, &packed.diff_id)?;
-        fault::hit("capture.layer-unpacked")?;
 
         // 2. Configuration, manifest, then the name.
         let created = OffsetDateTime::now_utc();
-        let mut diff_ids = base_ids;
-        diff_ids.push(packed.diff_id.clone());
         let configuration = ImageConfiguration {
             created: Some(rfc3339(created)),
             architecture: Some(oci_architecture().to_owned()),
@@ -208,18 +242,13 @@ impl Capture {
             },
             history: vec![History {
                 created: Some(rfc3339(created)),
-                created_by: Some("daytona sandbox snapshot".to_owned()),
-                comment: Some(format!("the writable layer, as snapshot {}", self.name)),
+                created_by: Some(created_by),
+                comment: Some(comment),
             }],
         };
         let config_bytes = to_json(&configuration);
         journal.add(Object::Blob, &oci::sha256_digest(&config_bytes))?;
         let config_digest = store.write_blob(&config_bytes)?;
-        layers.push(descriptor(
-            oci::MEDIA_TYPE_LAYER_TAR,
-            &packed.diff_id,
-            packed.size,
-        ));
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: Some(oci::MEDIA_TYPE_MANIFEST.to_owned()),
@@ -263,6 +292,19 @@ impl Drop for Capture {
             // Nothing was moved into the store before the commit, so the journal is empty.
             journal.finish();
         }
+    }
+}
+
+/// `config` in the OCI form, keeping the fields of `base` that [`ImageConfig`] does not carry.
+fn runtime_config(config: &ImageConfig, base: RuntimeConfig) -> RuntimeConfig {
+    let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
+    RuntimeConfig {
+        user: config.user.clone(),
+        env: list(&config.env),
+        entrypoint: list(&config.entrypoint),
+        cmd: list(&config.cmd),
+        working_dir: config.working_dir.clone(),
+        labels: base.labels,
     }
 }
 

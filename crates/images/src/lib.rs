@@ -23,6 +23,7 @@
 //! carry a `trusted.*` extended attribute. The overlay mount that uses the layers therefore must
 //! not use the `userxattr` option.
 
+pub mod build;
 mod capture;
 mod error;
 mod export;
@@ -48,6 +49,7 @@ pub use error::Error;
 pub use export::ExportFormat;
 pub use gc::Removal;
 pub use import::is_valid_name;
+pub use pack::OwnerShift;
 pub use pull::{Credentials, PullError, is_registry_reference};
 pub use recipe::{BuildError, DebianRecipe, Recipe};
 pub use registry::{MANIFEST_MEDIA_TYPES, StoredManifest};

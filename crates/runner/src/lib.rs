@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod archive;
+mod build_step;
 mod daemon_client;
 mod disk;
 mod instance;

@@ -174,7 +174,7 @@ pub struct Runner {
     pub(crate) config: RunnerConfig,
     pub(crate) runtime: Runtime,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
-    slots: Mutex<Slots>,
+    pub(crate) slots: Mutex<Slots>,
     pub(crate) pool: Mutex<Pool>,
     /// Whether new sandboxes get a disk image that bounds their writable layer.
     disk_images: bool,

@@ -120,6 +120,14 @@ impl Runtime {
         }
     }
 
+    pub(crate) fn cgroups(&self) -> &CgroupManager {
+        &self.cgroups
+    }
+
+    pub(crate) fn daemon_binary(&self) -> &Path {
+        &self.daemon_binary
+    }
+
     /// Changes the limits of a running sandbox.
     pub fn set_limits(&self, sandbox_id: &str, limits: &Limits) -> Result<(), RuntimeError> {
         let cgroup = self.cgroups.sandbox(sandbox_id)?;

@@ -22,7 +22,6 @@ from daytona import (
     CreateSandboxFromSnapshotParams,
     CreateSnapshotParams,
     DaytonaError,
-    Image,
     Resources,
 )
 
@@ -180,13 +179,6 @@ def test_create_from_an_imported_image_with_resources(daytona, imported):
 def test_create_from_an_image_that_is_not_imported_fails(daytona):
     with pytest.raises(DaytonaError, match="daytona snapshot import"):
         daytona.snapshot.create(CreateSnapshotParams(name=f"never-{uuid.uuid4().hex[:8]}", image="not-imported:1"))
-
-
-def test_create_from_an_image_definition_is_not_available(daytona):
-    with pytest.raises(DaytonaError, match="not available yet"):
-        daytona.snapshot.create(
-            CreateSnapshotParams(name=f"built-{uuid.uuid4().hex[:8]}", image=Image.debian_slim("3.12"))
-        )
 
 
 def test_deactivate_and_activate(daytona, server, imported):

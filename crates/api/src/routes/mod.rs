@@ -83,6 +83,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(snapshots::get, snapshots::delete))
         .routes(routes!(snapshots::activate))
         .routes(routes!(snapshots::deactivate))
+        .routes(routes!(snapshots::build_logs_url))
+        .routes(routes!(snapshots::build_logs))
         .merge(keys::routes())
         .merge(organizations::routes())
         .merge(signing::routes())

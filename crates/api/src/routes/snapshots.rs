@@ -3,8 +3,10 @@
 //!
 //! A snapshot names an image of the server's image store. Images get there through
 //! `daytona snapshot import` (docker-archive or OCI layout); `POST /snapshots` with `imageName`
-//! registers one for the organization. Building an image from the SDK's `Image` definition
-//! (`buildInfo`) is not available yet and returns 400 `FEATURE_NOT_AVAILABLE`.
+//! registers one for the organization. With `buildInfo` (the SDK's `Image` definition as a
+//! Dockerfile) it builds the image in the background: the snapshot is `building`, then
+//! `active` or `build_failed`, and its build log streams from
+//! `GET /snapshots/{id}/build-logs`.
 //!
 //! Deleting a snapshot that sandboxes still use is refused with 409; deleting the last
 //! snapshot of an image removes the image from the store with every blob and unpacked layer
@@ -26,9 +28,6 @@ use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::state::AppState;
 use crate::store::SnapshotRecord;
-
-/// Error code of a `buildInfo` create, as for the other features that are not available yet.
-const FEATURE_NOT_AVAILABLE: &str = "FEATURE_NOT_AVAILABLE";
 
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
@@ -94,24 +93,12 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateSnapshot>,
 ) -> Result<Json<Snapshot>, ApiError> {
-    if body.build_info.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            FEATURE_NOT_AVAILABLE,
-            "building snapshots from an Image definition is not available yet on this server; build the image elsewhere, import it with `daytona snapshot import --name NAME FILE`, and create the snapshot with image=\"NAME\"",
-        ));
-    }
     if !daytona_images::is_valid_name(&body.name) {
         return Err(ApiError::bad_request(format!(
             "invalid snapshot name {:?}: use 1 to 128 letters, digits and '.', '_', '-', ':', '/', starting with a letter or digit",
             body.name
         )));
     }
-    let image_name = body.image_name.clone().ok_or_else(|| {
-        ApiError::bad_request(
-            "imageName is required: the name of an image imported with `daytona snapshot import`",
-        )
-    })?;
     if body.gpu.unwrap_or(0) > 0 {
         return Err(ApiError::bad_request(
             "GPUs are not available on this server",
@@ -126,6 +113,45 @@ pub async fn create(
         limits.max_memory,
     )?;
     let disk = resource("disk", body.disk, limits.default_disk, limits.max_disk)?;
+    if let Some(build_info) = body.build_info.clone() {
+        let build_info: daytona_wire::api::CreateBuildInfo = serde_json::from_value(build_info)
+            .map_err(|error| {
+                ApiError::invalid_body(format!(
+                    "invalid buildInfo: {error}; expected {{\"dockerfileContent\": string, \"contextHashes\": [string]}}"
+                ))
+            })?;
+        let record = SnapshotRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            organization_id: Some(caller.organization_id.clone()),
+            name: body.name.clone(),
+            image_name: Some(crate::builds::image_name_for(&build_info)),
+            image_digest: None,
+            // `building` at once, not `pending`: the SDK streams the build log only once it
+            // sees a state other than `pending`, and a quick build would be over by its
+            // first poll.
+            state: SnapshotState::Building,
+            general: false,
+            size_bytes: None,
+            cpu,
+            gpu: 0,
+            memory,
+            disk,
+            entrypoint: body.entrypoint.clone(),
+            error_reason: None,
+            created_at: daytona_wire::now_rfc3339(),
+            updated_at: daytona_wire::now_rfc3339(),
+            last_used_at: None,
+        };
+        insert_new(&state, &record).await?;
+        tracing::info!(snapshot = %record.name, image = ?record.image_name, "snapshot build requested");
+        crate::builds::start(&state, record.clone(), build_info);
+        return Ok(Json(dto::snapshot(&record)));
+    }
+    let image_name = body.image_name.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            "imageName or buildInfo is required: imageName names an image imported with `daytona snapshot import`",
+        )
+    })?;
     // The image store is the host's: an organization may name only the images it has
     // snapshots of already, and the admin (who imports images) any of them.
     if !caller.is_admin
@@ -141,10 +167,7 @@ pub async fn create(
         )));
     }
     if state.store.snapshot_name_taken(&body.name).await? {
-        return Err(ApiError::conflict(format!(
-            "a snapshot named {:?} already exists; choose another name",
-            body.name
-        )));
+        return Err(name_taken(&body.name));
     }
 
     let store = image_store(&state).await?;
@@ -191,18 +214,73 @@ pub async fn create(
         updated_at: now,
         last_used_at: None,
     };
-    if let Err(error) = state.store.insert_snapshot(&record).await {
+    insert_new(&state, &record).await?;
+    tracing::info!(snapshot = %record.name, image = ?record.image_name, "snapshot created");
+    Ok(Json(dto::snapshot(&record)))
+}
+
+/// Inserts a new snapshot, or returns 409 when its name is taken.
+async fn insert_new(state: &AppState, record: &SnapshotRecord) -> Result<(), ApiError> {
+    if state.store.snapshot_name_taken(&record.name).await? {
+        return Err(name_taken(&record.name));
+    }
+    if let Err(error) = state.store.insert_snapshot(record).await {
         // The name check above and this insert race with another create of the same name.
-        if state.store.snapshot_name_taken(&body.name).await? {
-            return Err(ApiError::conflict(format!(
-                "a snapshot named {:?} already exists; choose another name",
-                body.name
-            )));
+        if state.store.snapshot_name_taken(&record.name).await? {
+            return Err(name_taken(&record.name));
         }
         return Err(error.into());
     }
-    tracing::info!(snapshot = %record.name, image = ?record.image_name, "snapshot created");
-    Ok(Json(dto::snapshot(&record)))
+    Ok(())
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "a snapshot named {name:?} already exists; choose another name"
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    follow: Option<bool>,
+}
+
+/// `GET /snapshots/{id}/build-logs-url`: where the build log of the snapshot streams from.
+#[utoipa::path(get, path = "/snapshots/{id}/build-logs-url", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name")),
+    responses((status = 200, description = "`{\"url\": ...}`"), (status = 404, body = ErrorBody)))]
+pub async fn build_logs_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = visible(&state, &caller, &id_or_name).await?;
+    let url = format!(
+        "{}/api/snapshots/{}/build-logs",
+        state.config.public_url, record.id
+    );
+    Ok(Json(serde_json::json!({ "url": url })))
+}
+
+/// `GET /snapshots/{id}/build-logs?follow=true`: the build log as plain text. With `follow`
+/// the body stays open and grows until the build ends; without it, it holds the log so far.
+/// A snapshot without a build in this server's run has an empty log.
+#[utoipa::path(get, path = "/snapshots/{id}/build-logs", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id or name"),
+        ("follow" = Option<bool>, Query, description = "Stream until the build ends")),
+    responses((status = 200, description = "The build log, text/plain"), (status = 404, body = ErrorBody)))]
+pub async fn build_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id_or_name): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    let record = visible(&state, &caller, &id_or_name).await?;
+    let log = state.builds.log(&record.id);
+    Ok(crate::builds::log_response(
+        log,
+        query.follow.unwrap_or(false),
+    ))
 }
 
 /// `DELETE /snapshots/{id}`: deletes a snapshot of the organization that no sandbox uses, and
@@ -228,6 +306,7 @@ pub async fn delete(
             users.join(", ")
         )));
     }
+    state.builds.cancel(&record.id);
     state.store.delete_snapshot(&record.id).await?;
     state
         .images

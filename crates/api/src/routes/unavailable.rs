@@ -51,23 +51,6 @@ async fn sandbox_feature(
     }
 }
 
-async fn snapshot_feature(
-    state: &AppState,
-    caller: &Caller,
-    id_or_name: &str,
-    message: &'static str,
-) -> ApiError {
-    match state
-        .store
-        .snapshot_by_id_or_name(&caller.organization_id, id_or_name)
-        .await
-    {
-        Ok(Some(_)) => not_available(message),
-        Ok(None) => ApiError::not_found(format!("snapshot {id_or_name:?} not found")),
-        Err(error) => error.into(),
-    }
-}
-
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(backup_sandbox))
@@ -79,8 +62,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_ssh_access, revoke_ssh_access))
         .routes(routes!(validate_ssh_access))
         .routes(routes!(update_sandbox_secrets, sandbox_secrets))
-        .routes(routes!(snapshot_build_logs))
-        .routes(routes!(snapshot_build_logs_url))
         .routes(routes!(list_warm_pools, create_warm_pool))
         .routes(routes!(update_warm_pool, delete_warm_pool))
         .routes(routes!(list_secrets, create_secret))
@@ -215,30 +196,6 @@ pub async fn sandbox_secrets(
     Path(id): Path<String>,
 ) -> ApiError {
     sandbox_feature(&state, &caller, &id, message::SECRETS).await
-}
-
-/// `GET /snapshots/{id}/build-logs`: not available yet.
-#[utoipa::path(get, path = "/snapshots/{id}/build-logs", tag = "snapshots",
-    params(("id" = String, Path, description = "Snapshot id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn snapshot_build_logs(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    snapshot_feature(&state, &caller, &id, message::BUILD_LOGS).await
-}
-
-/// `GET /snapshots/{id}/build-logs-url`: not available yet.
-#[utoipa::path(get, path = "/snapshots/{id}/build-logs-url", tag = "snapshots",
-    params(("id" = String, Path, description = "Snapshot id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn snapshot_build_logs_url(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    snapshot_feature(&state, &caller, &id, message::BUILD_LOGS).await
 }
 
 /// `GET /warm-pools`: not available yet.

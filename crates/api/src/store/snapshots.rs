@@ -180,6 +180,21 @@ impl Store {
 }
 
 impl Store {
+    /// Returns the snapshots of every organization whose image build had not ended: those
+    /// `pending` or `building`.
+    pub async fn unfinished_builds(&self) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let statement = format!(
+            "SELECT {COLUMNS} FROM snapshots WHERE state IN ('pending', 'building') ORDER BY name"
+        );
+        let rows = sqlx::query(&statement)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_error("list unfinished builds"))?;
+        rows.iter().map(snapshot_from_row).collect()
+    }
+}
+
+impl Store {
     /// Inserts a new snapshot. Names are unique across organizations: callers check
     /// [`Store::snapshot_name_taken`] first, and a concurrent insert of the name fails.
     pub async fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError> {
