@@ -72,3 +72,19 @@ build() {
         exit 1
     fi
 }
+
+# Where the system trust store takes local CAs, and the name of ours there.
+local_ca_file=/usr/local/share/ca-certificates/daytona-local-ca.crt
+
+# Creates the CA that signs the object storage's HTTPS certificate (in $DAYTONA_TLS_DIR) and
+# installs it into the system trust store, which the SDKs' S3 client (obstore) checks. The
+# README says how to remove it.
+trust_local_ca() {
+    local ca
+    ca=$("$daytona_bin" tls ca-path --tls-dir "$DAYTONA_TLS_DIR")
+    if ! cmp -s "$ca" "$local_ca_file"; then
+        log "trusting the object storage's CA $ca (installed as $local_ca_file)"
+        install -m 0644 "$ca" "$local_ca_file"
+        update-ca-certificates >/dev/null
+    fi
+}

@@ -20,7 +20,9 @@ mod state;
 pub mod store;
 mod telemetry;
 
-pub use config::{LifecycleConfig, OrganizationLimits, SandboxLimits, ServerConfig};
+pub use config::{
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+};
 pub use server::run;
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! State shared by every request handler.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
+use daytona_objstore::ObjectStorage;
 use daytona_runner::Runner;
 
 use crate::auth::KeyCache;
@@ -41,12 +43,21 @@ pub struct Shared {
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
     pub routes: RwLock<HashMap<String, ToolboxRoute>>,
+    /// Build contexts and sandbox archives.
+    pub object_storage: ObjectStorage,
+    /// Address the embedded object storage listens on, once it does.
+    pub object_storage_address: OnceLock<SocketAddr>,
     /// Set once the default snapshot is ready, which is when creates can succeed.
     ready: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(config: ServerConfig, store: Store, runner: Arc<Runner>) -> Self {
+    pub fn new(
+        config: ServerConfig,
+        store: Store,
+        runner: Arc<Runner>,
+        object_storage: ObjectStorage,
+    ) -> Self {
         Self {
             lifecycle: Lifecycle::new(config.lifecycle.clone()),
             config,
@@ -59,6 +70,8 @@ impl Shared {
             telemetry: Telemetry::default(),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
+            object_storage,
+            object_storage_address: OnceLock::new(),
             ready: AtomicBool::new(false),
         }
     }
