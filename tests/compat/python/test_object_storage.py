@@ -1,7 +1,7 @@
 """Object storage push access through the official SDK.
 
 The SDK uploads the local files of a declarative `Image` (`add_local_dir`, `add_local_file`)
-with `SnapshotService.process_image_context`: it asks `GET /object-storage/push-access` for
+with `SnapshotService.process_image_context`: it requests `GET /object-storage/push-access` for
 temporary S3 credentials and puts a tar at `<organizationId>/<hash>/context.tar` with
 obstore, which accepts only https and the system's trusted CAs. scripts/test installs the
 server's CA into the system trust store; without it these tests skip.
@@ -91,6 +91,7 @@ def test_image_context_upload(daytona, server, push_access, tmp_path):
 
 def test_other_organization_prefix_denied(server, push_access):
     from daytona._sync.object_storage import ObjectStorage
+    from obstore.exceptions import PermissionDeniedError
 
     require_trusted(push_access.storage_url)
     storage = ObjectStorage(
@@ -101,6 +102,6 @@ def test_other_organization_prefix_denied(server, push_access):
         push_access.bucket,
         region=push_access.region,
     )
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionDeniedError, match="403"):
         storage.store.put("another-organization/x/context.tar", b"not yours")
     assert not os.path.exists(os.path.join(server.data_dir, "objects", BUILDS_BUCKET, "another-organization"))

@@ -2,7 +2,7 @@
 //! files of a declarative image (`Image.add_local_file`, `add_local_dir`) as build contexts.
 //!
 //! With the embedded object storage the credentials are temporary (an hour) and reach only
-//! `<organizationId>/` in the builds bucket; the storage URL is the configured public URL, or
+//! `<organizationId>/` in the builds bucket. The storage URL is the configured public URL, or
 //! `https://` plus the host the request reached and the listener's port.
 
 use axum::Json;
@@ -48,7 +48,7 @@ pub async fn push_access(
     }))
 }
 
-/// The embedded service's URL for a client that reached the API with `headers`.
+/// Returns the embedded service's URL for a client that reached the API with `headers`.
 fn embedded_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(url) = &state.config.object_storage.public_url {
         return Ok(url.clone());
@@ -68,7 +68,7 @@ fn embedded_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
     Ok(format!("https://{host}:{}", address.port()))
 }
 
-/// The host part of a `Host` header (`name`, `name:port`, `[v6]` or `[v6]:port`), if it
+/// Extracts the host part of a `Host` header (`name`, `name:port`, `[v6]` or `[v6]:port`), if it
 /// contains only characters of host names and addresses.
 fn host_name(value: &str) -> Option<&str> {
     let host = if value.starts_with('[') {
