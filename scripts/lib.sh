@@ -78,7 +78,7 @@ local_ca_file=/usr/local/share/ca-certificates/daytona-local-ca.crt
 
 # Creates the CA that signs the object storage's HTTPS certificate (in $DAYTONA_TLS_DIR) and
 # installs it into the system trust store, which the SDKs' S3 client (obstore) checks. The
-# README says how to remove it.
+# README shows how to remove it.
 trust_local_ca() {
     local ca
     ca=$("$daytona_bin" tls ca-path --tls-dir "$DAYTONA_TLS_DIR")
