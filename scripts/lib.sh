@@ -84,3 +84,19 @@ build_fault_variant() {
     mv "$fault_bin.tmp" "$fault_bin"
     cargo build --release --locked -p daytona-cli
 }
+
+# Where the system trust store takes local CAs, and the name of ours there.
+local_ca_file=/usr/local/share/ca-certificates/daytona-local-ca.crt
+
+# Creates the CA that signs the object storage's HTTPS certificate (in $DAYTONA_TLS_DIR) and
+# installs it into the system trust store, which the SDKs' S3 client (obstore) checks. The
+# README shows how to remove it.
+trust_local_ca() {
+    local ca
+    ca=$("$daytona_bin" tls ca-path --tls-dir "$DAYTONA_TLS_DIR")
+    if ! cmp -s "$ca" "$local_ca_file"; then
+        log "trusting the object storage's CA $ca (installed as $local_ca_file)"
+        install -m 0644 "$ca" "$local_ca_file"
+        update-ca-certificates >/dev/null
+    fi
+}

@@ -9,6 +9,8 @@ Environment:
     DAYTONA_BIN           path of the `daytona` binary (required)
     DAYTONA_DAEMON_BIN    path of the static `daytona-daemon` binary (required)
     DAYTONA_IMAGE_CACHE   image cache directory shared between runs (default /var/cache/daytona/images)
+    DAYTONA_TLS_DIR       directory of the object storage's CA, shared between runs so that one CA
+                          is trusted (default: the server's own, under its data directory)
 """
 
 import json
@@ -42,6 +44,8 @@ class Server:
         self.daemon_binary = os.environ["DAYTONA_DAEMON_BIN"]
         self.image_cache = os.environ.get("DAYTONA_IMAGE_CACHE", "/var/cache/daytona/images")
         self.port = free_port()
+        self.object_storage_port = free_port()
+        self.tls_dir = os.environ.get("DAYTONA_TLS_DIR")
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
         self.api_key = "dtn_test_" + secrets.token_hex(16)
@@ -60,6 +64,8 @@ class Server:
                 "--listen", f"127.0.0.1:{self.port}",
                 "--image-cache", self.image_cache,
                 "--daemon-binary", self.daemon_binary,
+                "--object-storage-listen", f"127.0.0.1:{self.object_storage_port}",
+                *(["--tls-dir", self.tls_dir] if self.tls_dir else []),
                 *self.extra_args,
             ],
             stdout=log,

@@ -221,6 +221,8 @@ pub fn required_permission(method: &Method, path: &str) -> Option<&'static str> 
         "api-keys" if read && segments.get(1) == Some(&"current") => None,
         "api-keys" => Some("manage:api_keys"),
         "secret" => Some("manage:secrets"),
+        // Push access uploads build contexts, which only snapshot builds use.
+        "object-storage" => Some("write:snapshots"),
         _ => None,
     }
 }

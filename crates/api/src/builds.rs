@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::response::IntoResponse;
 use daytona_images::ImageStore;
-use daytona_images::build::context::{self, ContextError, ContextSource, NoContextSource};
+use daytona_images::build::context::{self, ContextError, ContextSource};
+use daytona_objstore::{BUILDS_BUCKET, ObjectStorage};
 use daytona_images::build::{self as builder, BuildRequest, dockerfile};
 use daytona_wire::api::{CreateBuildInfo, SnapshotState};
 use sha2::{Digest, Sha256};
@@ -78,17 +79,16 @@ pub struct Builds {
     contexts: Arc<dyn ContextSource>,
 }
 
-impl Default for Builds {
-    fn default() -> Self {
+impl Builds {
+    /// Builds whose contexts come from `object_storage`.
+    pub fn new(object_storage: ObjectStorage) -> Self {
         Self {
             logs: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
-            contexts: Arc::new(ObjectStorageContexts),
+            contexts: Arc::new(ObjectStorageContexts { object_storage }),
         }
     }
-}
 
-impl Builds {
     pub fn log(&self, id: &str) -> Option<Arc<BuildLog>> {
         self.logs.lock().expect("build logs lock").get(id).cloned()
     }
@@ -107,12 +107,11 @@ impl Builds {
     }
 }
 
-/// The adapter to the server's object storage.
-///
-/// TODO: fetch `{organizationId}/{hash}/context.tar` from bucket `daytona-volume-builds` with
-/// `ObjectStorage::get_to_file` once the object storage crate is part of the server; until
-/// then every build with local files fails with "object storage is not configured".
-struct ObjectStorageContexts;
+/// Build contexts as the SDKs upload them: `{organizationId}/{hash}/context.tar` in bucket
+/// [`BUILDS_BUCKET`].
+struct ObjectStorageContexts {
+    object_storage: ObjectStorage,
+}
 
 impl ContextSource for ObjectStorageContexts {
     fn fetch<'a>(
@@ -121,7 +120,24 @@ impl ContextSource for ObjectStorageContexts {
         hash: &'a str,
         dest: &'a Path,
     ) -> context::FetchFuture<'a> {
-        NoContextSource.fetch(organization_id, hash, dest)
+        Box::pin(async move {
+            let key = format!("{organization_id}/{hash}/context.tar");
+            match self
+                .object_storage
+                .get_to_file(BUILDS_BUCKET, &key, dest)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(daytona_objstore::Error::NotFound { .. }) => Err(ContextError::NotFound {
+                    organization_id: organization_id.to_owned(),
+                    hash: hash.to_owned(),
+                }),
+                Err(error) => Err(ContextError::Fetch {
+                    hash: hash.to_owned(),
+                    source: std::io::Error::other(error),
+                }),
+            }
+        })
     }
 }
 

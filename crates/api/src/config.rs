@@ -29,6 +29,36 @@ pub struct ServerConfig {
     /// How often the CPU and memory use of started sandboxes is sampled for
     /// `GET /sandbox/{id}/telemetry/metrics`.
     pub metrics_interval: Duration,
+    pub object_storage: ObjectStorageConfig,
+}
+
+/// Where build contexts and sandbox archives are stored.
+#[derive(Debug, Clone)]
+pub struct ObjectStorageConfig {
+    /// Address of the embedded S3 service's HTTPS listener; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Directory of the local CA and the listener's certificate.
+    pub tls_dir: PathBuf,
+    /// Names the listener's certificate covers besides `localhost`, `127.0.0.1` and `::1`.
+    pub tls_names: Vec<String>,
+    /// URL that push access hands to SDKs for the embedded service. Without it the URL is
+    /// `https://<host the API request reached>:<listener port>`.
+    pub public_url: Option<String>,
+    /// An external S3 endpoint that replaces the embedded service.
+    pub external: Option<daytona_objstore::ExternalConfig>,
+}
+
+impl ObjectStorageConfig {
+    /// The embedded service on `listen`, with its TLS material in `<data_dir>/tls`.
+    pub fn embedded(data_dir: &std::path::Path, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls_dir: data_dir.join("tls"),
+            tls_names: Vec::new(),
+            public_url: None,
+            external: None,
+        }
+    }
 }
 
 /// Limits on what one organization's sandboxes hold at once; 0 is no limit. Started and

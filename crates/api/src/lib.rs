@@ -11,7 +11,6 @@ mod events;
 mod json;
 mod lifecycle;
 mod listener;
-mod objects;
 mod quota;
 mod registry;
 mod routes;
@@ -22,7 +21,9 @@ mod state;
 pub mod store;
 mod telemetry;
 
-pub use config::{LifecycleConfig, OrganizationLimits, SandboxLimits, ServerConfig};
+pub use config::{
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+};
 pub use server::run;
 
 #[cfg(test)]

@@ -1178,11 +1178,6 @@ async fn unavailable_features_are_documented_400() {
         ("GET", "/api/secret/paginated".to_owned(), "secrets"),
         ("POST", "/api/secret".to_owned(), "secrets"),
         ("DELETE", "/api/secret/s1".to_owned(), "secrets"),
-        (
-            "GET",
-            "/api/object-storage/push-access".to_owned(),
-            "object storage",
-        ),
     ];
     for (method, path, word) in cases {
         let reply = send(&harness, method, &path, Some(json!({})), Some(KEY), &[]).await;

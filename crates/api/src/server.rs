@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use daytona_images::ImageStore;
+use daytona_objstore::{EmbeddedConfig, ObjectStorage};
 use daytona_runner::{Limits, PoolTemplate, Runner, RunnerConfig};
 use daytona_wire::api::SnapshotState;
 
@@ -61,8 +62,12 @@ pub async fn run(
         .await?,
     );
 
+    let object_storage = open_object_storage(&config)?;
     let listen = config.listen;
-    let state: AppState = Arc::new(Shared::new(config, store, runner));
+    let state: AppState = Arc::new(Shared::new(config, store, runner, object_storage));
+    // Dropping the sender at return stops the object storage listener.
+    let (_stop_object_storage, object_storage_stopped) = tokio::sync::oneshot::channel::<()>();
+    start_object_storage(&state, object_storage_stopped).await?;
     lifecycle::reconcile_after_restart(&state).await?;
     crate::builds::fail_unfinished(&state).await;
     tokio::spawn(lifecycle::run_reconciler(state.clone()));
@@ -78,6 +83,52 @@ pub async fn run(
         .context("the HTTP server failed")?;
     state.runner.drain_pool().await;
     tracing::info!("API server stopped; running sandboxes keep running");
+    Ok(())
+}
+
+/// Opens the configured external S3 endpoint, or the embedded store in the data directory.
+fn open_object_storage(config: &ServerConfig) -> anyhow::Result<ObjectStorage> {
+    let settings = &config.object_storage;
+    if let Some(external) = &settings.external {
+        tracing::info!(endpoint = %external.endpoint, "using the external object storage");
+        return ObjectStorage::open_external(external.clone())
+            .context("failed to configure the external object storage");
+    }
+    ObjectStorage::open_embedded(EmbeddedConfig {
+        data_dir: config.data_dir.clone(),
+        tls_dir: settings.tls_dir.clone(),
+        tls_names: settings.tls_names.clone(),
+    })
+    .context("failed to open the object storage")
+}
+
+/// Starts the embedded object storage's HTTPS listener, which runs until `stop` completes.
+async fn start_object_storage(
+    state: &AppState,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    if !state.object_storage.is_embedded() {
+        return Ok(());
+    }
+    let listen = state.config.object_storage.listen;
+    let (address, task) = state
+        .object_storage
+        .spawn_listener(listen, async {
+            let _ = stop.await;
+        })
+        .await
+        .with_context(|| format!("failed to start the object storage on {listen}; pass another --object-storage-listen"))?;
+    state.object_storage_address.set(address).ok();
+    tokio::spawn(async move {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "the object storage listener failed"
+            ),
+            Err(error) => tracing::error!(%error, "the object storage listener panicked"),
+        }
+    });
     Ok(())
 }
 

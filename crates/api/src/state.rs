@@ -1,10 +1,12 @@
 //! State shared by every request handler.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
+use daytona_objstore::ObjectStorage;
 use daytona_runner::Runner;
 
 use crate::auth::KeyCache;
@@ -12,7 +14,6 @@ use crate::builds::Builds;
 use crate::config::ServerConfig;
 use crate::events::Events;
 use crate::lifecycle::Lifecycle;
-use crate::objects::ObjectStorage;
 use crate::quota::Quotas;
 use crate::signing::Signing;
 use crate::store::Store;
@@ -37,8 +38,6 @@ pub struct Shared {
     pub quotas: Quotas,
     pub lifecycle: Lifecycle,
     pub signing: Signing,
-    /// Sandbox archives and build contexts.
-    pub objects: ObjectStorage,
     /// CPU and memory samples of the sandboxes.
     pub telemetry: Telemetry,
     /// Image builds of snapshots: their logs and running tasks.
@@ -47,13 +46,21 @@ pub struct Shared {
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
     pub routes: RwLock<HashMap<String, ToolboxRoute>>,
+    /// Build contexts and sandbox archives.
+    pub object_storage: ObjectStorage,
+    /// Address the embedded object storage listens on, once it does.
+    pub object_storage_address: OnceLock<SocketAddr>,
     /// Set once the default snapshot is ready, which is when creates can succeed.
     ready: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(config: ServerConfig, store: Store, runner: Arc<Runner>) -> Self {
-        let objects = ObjectStorage::open(&config.data_dir.join("objects"));
+    pub fn new(
+        config: ServerConfig,
+        store: Store,
+        runner: Arc<Runner>,
+        object_storage: ObjectStorage,
+    ) -> Self {
         Self {
             lifecycle: Lifecycle::new(config.lifecycle.clone()),
             config,
@@ -63,11 +70,12 @@ impl Shared {
             events: Events::default(),
             quotas: Quotas::default(),
             signing: Signing::default(),
-            objects,
             telemetry: Telemetry::default(),
-            builds: Builds::default(),
+            builds: Builds::new(object_storage.clone()),
             images: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
+            object_storage,
+            object_storage_address: OnceLock::new(),
             ready: AtomicBool::new(false),
         }
     }

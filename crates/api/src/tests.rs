@@ -10,10 +10,11 @@ use daytona_wire::api::SnapshotState;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::config::{LifecycleConfig, SandboxLimits, ServerConfig};
+use crate::config::{LifecycleConfig, ObjectStorageConfig, SandboxLimits, ServerConfig};
 use crate::state::{AppState, Shared};
 use crate::store::{SandboxRecord, SnapshotRecord, Store};
 use crate::{auth, routes};
+use daytona_objstore::{EmbeddedConfig, ObjectStorage};
 
 pub(crate) const KEY: &str = "dtn_test_key_0123456789";
 
@@ -84,8 +85,15 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         lifecycle,
         organization_limits: Default::default(),
         metrics_interval: std::time::Duration::from_secs(10),
+        object_storage: ObjectStorageConfig::embedded(dir.path(), "127.0.0.1:0".parse().unwrap()),
     };
-    let state: AppState = Arc::new(Shared::new(config, store, Arc::new(runner)));
+    let object_storage = ObjectStorage::open_embedded(EmbeddedConfig {
+        data_dir: dir.path().to_owned(),
+        tls_dir: dir.path().join("tls"),
+        tls_names: Vec::new(),
+    })
+    .unwrap();
+    let state: AppState = Arc::new(Shared::new(config, store, Arc::new(runner), object_storage));
     let now = daytona_wire::now_rfc3339();
     state
         .store
@@ -366,6 +374,7 @@ async fn create_refused_until_ready() {
         dir_harness.state.config.clone(),
         dir_harness.state.store.clone(),
         dir_harness.state.runner.clone(),
+        dir_harness.state.object_storage.clone(),
     ));
     let harness = Harness {
         state,
@@ -635,4 +644,62 @@ async fn openapi_document_is_served() {
     assert!(body["paths"]["/sandbox"]["post"].is_object());
     assert!(body["components"]["schemas"]["Sandbox"].is_object());
     assert!(body["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn push_access_returns_storage_access() {
+    let harness = harness().await;
+    let (status, body) = call(
+        &harness,
+        "GET",
+        "/api/object-storage/push-access",
+        None,
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    harness
+        .state
+        .object_storage_address
+        .set("127.0.0.1:3009".parse().unwrap())
+        .unwrap();
+    let (status, body) = call(
+        &harness,
+        "GET",
+        "/api/object-storage/push-access",
+        None,
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access: daytona_wire::object_storage::StorageAccess =
+        serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(access.bucket, daytona_objstore::BUILDS_BUCKET);
+    assert_eq!(access.region, daytona_objstore::DEFAULT_REGION);
+    // Requests without a Host header get the name the certificate always covers.
+    assert_eq!(access.storage_url, "https://localhost:3009");
+    assert!(!access.session_token.is_empty());
+    assert!(!access.organization_id.is_empty());
+    for field in [
+        "accessKey",
+        "secret",
+        "sessionToken",
+        "storageUrl",
+        "organizationId",
+        "bucket",
+        "region",
+    ] {
+        assert!(body[field].is_string(), "{field} in {body}");
+    }
+
+    let (status, _) = call(
+        &harness,
+        "GET",
+        "/api/object-storage/push-access",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -4,6 +4,7 @@ mod client;
 mod image;
 mod server;
 mod snapshot;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the API server, a local runner and the toolbox proxy in one process.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Manage sandboxes through the API at DAYTONA_API_URL.
     #[command(subcommand)]
     Sandbox(client::SandboxCommand),
@@ -29,15 +30,19 @@ enum Command {
     /// Work on an image store directly, without a server.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Manage the local CA that signs the object storage's HTTPS certificate.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(*args),
         Command::Sandbox(command) => client::run_sandbox(command),
         Command::Snapshot(command) => snapshot::run(command),
         Command::Image(command) => image::run(command),
+        Command::Tls(command) => tls::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

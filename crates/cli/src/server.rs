@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use daytona_api::{LifecycleConfig, OrganizationLimits, SandboxLimits, ServerConfig};
+use daytona_api::{
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -87,13 +89,68 @@ pub struct ServerArgs {
         value_parser = clap::value_parser!(u64).range(1..))]
     metrics_interval: u64,
 
+    /// Address of the embedded S3 object storage's HTTPS listener, which SDKs upload the local
+    /// files of declarative images to (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "DAYTONA_OBJECT_STORAGE_LISTEN",
+        default_value = daytona_objstore::DEFAULT_LISTEN
+    )]
+    object_storage_listen: SocketAddr,
+
+    /// URL that SDKs reach the embedded object storage at [default: https://<host of the API
+    /// request>:<port of --object-storage-listen>]
+    #[arg(long, env = "DAYTONA_OBJECT_STORAGE_PUBLIC_URL")]
+    object_storage_public_url: Option<String>,
+
+    /// Directory of the local CA and the object storage's certificate; trust its ca.crt
+    /// (`daytona tls ca-path`) [default: <data-dir>/tls]
+    #[arg(long, env = "DAYTONA_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+
+    /// Host name or address the object storage's certificate covers besides localhost,
+    /// 127.0.0.1 and ::1 (repeatable; comma-separated in the variable).
+    #[arg(long = "tls-name", env = "DAYTONA_TLS_NAMES", value_delimiter = ',')]
+    tls_names: Vec<String>,
+
+    /// URL of an external S3 endpoint to use instead of the embedded object storage, for
+    /// example https://s3.example.com; its buckets must exist.
+    #[arg(long, env = "DAYTONA_OBJECT_STORAGE_URL")]
+    object_storage_url: Option<String>,
+
+    /// Region of the external S3 endpoint.
+    #[arg(long, env = "DAYTONA_OBJECT_STORAGE_REGION", default_value = daytona_objstore::DEFAULT_REGION)]
+    object_storage_region: String,
+
+    /// Access key of the external S3 endpoint.
+    #[arg(
+        long,
+        env = "DAYTONA_OBJECT_STORAGE_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    object_storage_access_key: Option<String>,
+
+    /// Secret key of the external S3 endpoint; prefer the variable, which stays out of the
+    /// process list.
+    #[arg(
+        long,
+        env = "DAYTONA_OBJECT_STORAGE_SECRET_KEY",
+        hide_env_values = true
+    )]
+    object_storage_secret_key: Option<String>,
+
+    /// Prefix of the external endpoint's bucket names (daytona-volume-builds and
+    /// daytona-archives), so that several servers can share one account.
+    #[arg(long, env = "DAYTONA_OBJECT_STORAGE_BUCKET_PREFIX", default_value = "")]
+    object_storage_bucket_prefix: String,
+
     /// Test aid, left out of the help: while this file exists, sandbox starts (other than
     /// the warm pool's) wait, which keeps a sandbox in the starting state.
     #[arg(long, value_name = "FILE", hide = true)]
     test_hang_start_file: Option<PathBuf>,
 }
 
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return Ok(PathBuf::from("/var/lib/daytona"));
@@ -210,6 +267,33 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{}", args.listen))
         .trim_end_matches('/')
         .to_owned();
+    let external = match args.object_storage_url {
+        None => None,
+        Some(endpoint) => Some(daytona_objstore::ExternalConfig {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            region: args.object_storage_region,
+            access_key: args.object_storage_access_key.context(
+                "--object-storage-url needs DAYTONA_OBJECT_STORAGE_ACCESS_KEY (or --object-storage-access-key)",
+            )?,
+            secret_key: args.object_storage_secret_key.context(
+                "--object-storage-url needs DAYTONA_OBJECT_STORAGE_SECRET_KEY (or --object-storage-secret-key)",
+            )?,
+            bucket_prefix: args.object_storage_bucket_prefix,
+        }),
+    };
+    let object_storage = ObjectStorageConfig {
+        listen: args.object_storage_listen,
+        tls_dir: args.tls_dir.unwrap_or_else(|| data_dir.join("tls")),
+        tls_names: args
+            .tls_names
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
+        public_url: args
+            .object_storage_public_url
+            .map(|url| url.trim_end_matches('/').to_owned()),
+        external,
+    };
     let config = ServerConfig {
         data_dir,
         image_cache_dir,
@@ -232,6 +316,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             total_memory: i64::from(args.org_max_memory),
         },
         metrics_interval: Duration::from_secs(args.metrics_interval),
+        object_storage,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

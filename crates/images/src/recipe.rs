@@ -123,6 +123,7 @@ impl DebianRecipe {
             "passwd",
             "procps",
             "python3",
+            "python-is-python3",
             "python3-pip",
             "python3-pylsp",
             "python3-venv",

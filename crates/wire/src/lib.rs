@@ -15,6 +15,7 @@ pub mod files;
 pub mod git;
 pub mod interpreter;
 pub mod lsp;
+pub mod object_storage;
 pub mod orgs;
 pub mod sessions;
 pub mod system;

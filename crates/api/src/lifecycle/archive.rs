@@ -30,7 +30,7 @@ use crate::state::AppState;
 use crate::store::SandboxRecord;
 
 /// Bucket of the sandbox archives.
-pub const ARCHIVE_BUCKET: &str = "daytona-archives";
+pub const ARCHIVE_BUCKET: &str = daytona_objstore::ARCHIVES_BUCKET;
 
 /// Longest auto-archive interval, in minutes (30 days); an interval of 0 means this one.
 pub const MAX_AUTO_ARCHIVE_MINUTES: i64 = 43_200;
@@ -122,7 +122,7 @@ async fn upload(state: &AppState, record: &SandboxRecord) -> Result<(), String> 
             .map_err(|error| error_chain(&error))?;
         fault("archive.packed")?;
         state
-            .objects
+            .object_storage
             .put_file(ARCHIVE_BUCKET, &archive_key(record), &staging)
             .await
             .map_err(|error| error_chain(&error))?;
@@ -176,7 +176,7 @@ pub async fn restore(state: &AppState, record: SandboxRecord) -> Result<SandboxR
             return Ok(());
         }
         if let Err(error) = state
-            .objects
+            .object_storage
             .delete(ARCHIVE_BUCKET, &archive_key(&record))
             .await
         {
@@ -202,7 +202,7 @@ async fn download(state: &AppState, record: &SandboxRecord) -> Result<(), String
     let staging = staging_file(state, record).map_err(|error| error.to_string())?;
     let restored = async {
         state
-            .objects
+            .object_storage
             .get_to_file(ARCHIVE_BUCKET, &archive_key(record), &staging)
             .await
             .map_err(|error| error_chain(&error))?;
@@ -230,7 +230,7 @@ fn remove_staging(path: &std::path::Path) {
 /// Deletes the archive of a deleted sandbox, if it has one.
 pub async fn forget(state: &AppState, record: &SandboxRecord) {
     if let Err(error) = state
-        .objects
+        .object_storage
         .delete(ARCHIVE_BUCKET, &archive_key(record))
         .await
     {

@@ -6,6 +6,7 @@
 
 mod keys;
 mod metrics;
+mod object_storage;
 mod organizations;
 mod sandboxes;
 mod signing;
@@ -90,6 +91,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(signing::routes())
         .merge(metrics::routes())
         .merge(volumes::routes())
+        .merge(object_storage::routes())
         .merge(unavailable::routes())
 }
 

@@ -29,7 +29,6 @@ mod message {
     pub const SSH: &str = "SSH access is not available yet on this server; open a shell through the toolbox instead (process.create_pty_session)";
     pub const SECRETS: &str = "secrets are not available yet on this server; pass values as environment variables at create (env_vars) or per command (env)";
     pub const WARM_POOLS: &str = "warm pools cannot be managed through the API yet; the server keeps one for the default snapshot, sized by `daytona server --warm-pool-size`";
-    pub const OBJECT_STORAGE: &str = "object storage is not available yet on this server: it serves images built with local files, and building snapshots is not available yet";
 }
 
 /// Description shared by every 400 here.
@@ -67,7 +66,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_secrets, create_secret))
         .routes(routes!(list_secrets_paginated))
         .routes(routes!(get_secret, update_secret, delete_secret))
-        .routes(routes!(object_storage_push_access))
 }
 
 /// `POST /sandbox/{id}/backup`: not available yet.
@@ -271,11 +269,4 @@ pub async fn update_secret(_caller: Caller, Path(_id): Path<String>) -> ApiError
     responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
 pub async fn delete_secret(_caller: Caller, Path(_id): Path<String>) -> ApiError {
     not_available(message::SECRETS)
-}
-
-/// `GET /object-storage/push-access`: not available yet.
-#[utoipa::path(get, path = "/object-storage/push-access", tag = "object-storage",
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn object_storage_push_access(_caller: Caller) -> ApiError {
-    not_available(message::OBJECT_STORAGE)
 }
