@@ -1,10 +1,12 @@
-"""Time to snapshot and to fork a sandbox with 100 MB of changed files, through the official
-Python SDK, and to create a sandbox from that snapshot.
+"""Time to snapshot, fork, archive and restore a sandbox with 100 MB of changed files, through
+the official Python SDK, and to create a sandbox from that snapshot.
 
 Each iteration creates a sandbox, writes 100 files of 1 MB of random data into it (plus a
 deleted image file), then times `sandbox.create_snapshot(name)`, `daytona.create()` from the
-new snapshot until it is started, and `sandbox.fork()` until the fork is started. Everything
-is deleted between iterations, outside the timed parts.
+new snapshot until it is started, `sandbox.fork()` until the fork is started, and, after a
+stop, `sandbox.start()` of the stopped sandbox (the baseline), `sandbox.archive()` until the
+sandbox is archived, and `sandbox.start()` of the archived sandbox (the restore) until it is
+started. Everything is deleted between iterations, outside the timed parts.
 
 Run as root with DAYTONA_BIN, DAYTONA_DAEMON_BIN and DAYTONA_IMAGE_CACHE set, as for the
 Python suite: python bench/snapshot.py --iterations 5
@@ -53,12 +55,37 @@ def one_iteration(daytona) -> dict[str, float]:
         check = forked.process.exec("du -sm /home/daytona/data | cut -f1").result.strip()
         assert int(check) >= 100, check
         daytona.delete(forked)
+
+        times.update(archive_and_restore(daytona, sandbox))
     finally:
         daytona.delete(sandbox)
         try:
             daytona.snapshot.delete(daytona.snapshot.get(name))
         except Exception:  # noqa: BLE001 - the snapshot may not exist after a failure
             pass
+    return times
+
+
+def archive_and_restore(daytona, sandbox) -> dict[str, float]:
+    """Times a start of the stopped sandbox, its archive, and the start that restores it."""
+    times = {}
+    sandbox.stop()
+    started = time.perf_counter()
+    sandbox.start()
+    times["start (stopped)"] = time.perf_counter() - started
+    sandbox.stop()
+
+    started = time.perf_counter()
+    sandbox.archive()
+    while daytona.get(sandbox.id).state != "archived":
+        time.sleep(0.01)
+    times["archive"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    sandbox.start(timeout=300)
+    times["start (restore)"] = time.perf_counter() - started
+    check = sandbox.process.exec("du -sm /home/daytona/data | cut -f1").result.strip()
+    assert int(check) >= 100, check
     return times
 
 
@@ -87,6 +114,9 @@ def main() -> int:
             f"{label:<22} median {statistics.median(values):8.1f} ms  "
             f"min {values[0]:8.1f} ms  max {values[-1]:8.1f} ms  ({len(values)} samples)"
         )
+    baseline = statistics.median(samples["start (stopped)"])
+    restore = statistics.median(samples["start (restore)"])
+    print(f"restore / start of a stopped sandbox: {restore / baseline:.2f}x")
     return 0
 
 

@@ -139,7 +139,7 @@ def test_delete_archived_sandbox_removes_archive(own_server):
     sandbox.stop()
     sandbox.archive()
     assert wait_state(daytona, sandbox.id, "archived").state == "archived"
-    archives = os.path.join(own_server.data_dir, "objects")
+    archives = os.path.join(own_server.data_dir, "objects", "daytona-archives")
     stored = [files for _, _, files in os.walk(archives) if files]
     assert stored, "the archive is not in object storage"
 

@@ -18,7 +18,7 @@ from daytona_server import Server
 
 FAULT_BIN = os.environ.get("DAYTONA_FAULT_BIN")
 
-ARCHIVE_STEPS = ["archive.packed", "archive.uploaded", "archive.recorded"]
+ARCHIVE_STEPS = ["archive.packed", "archive.uploaded", "archive.dropped"]
 RESTORE_STEPS = ["restore.downloaded", "restore.unpacked"]
 
 

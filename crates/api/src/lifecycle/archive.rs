@@ -8,8 +8,8 @@
 //! The order of the steps makes a crash at any point recoverable:
 //! 1. the runner packs the layer into a temporary file;
 //! 2. the file goes to object storage;
-//! 3. the store says `archived`;
-//! 4. the runner marks its record archived and removes the local files.
+//! 3. the runner marks its record archived and removes the local files;
+//! 4. the store records `archived`.
 //!
 //! A restore downloads the object, unpacks it into a fresh writable layer, clears the
 //! runner's archived mark, deletes the object, and starts the sandbox. After a restart,
@@ -97,14 +97,29 @@ pub async fn archive(state: &AppState, record: SandboxRecord) -> Result<SandboxR
             .await?;
             return Ok(());
         }
+        // The files go before the state says `archived`, so that an archived sandbox never has
+        // them. A drop that failed before it marked the runner's record leaves the sandbox
+        // stopped with its files.
+        drop_local_files(state, &record.id).await;
+        let dropped = state.runner.is_archived(&record.id).await.unwrap_or(false);
+        if !dropped {
+            forget(state, &record).await;
+            transition(
+                state,
+                &mut record,
+                SandboxState::Stopped,
+                Some("archive failed: the local files could not be removed".to_owned()),
+            )
+            .await?;
+            return Ok(());
+        }
+        if let Err(reason) = fault("archive.dropped") {
+            tracing::warn!(sandbox_id = %record.id, error = %reason, "archive stopped before its state was recorded; the reconciler settles it");
+            return Ok(());
+        }
         if !transition(state, &mut record, SandboxState::Archived, None).await? {
             return Err(deleted_meanwhile(&record.id));
         }
-        if let Err(reason) = fault("archive.recorded") {
-            tracing::warn!(sandbox_id = %record.id, error = %reason, "local files of an archived sandbox kept");
-            return Ok(());
-        }
-        drop_local_files(state, &record.id).await;
         tracing::info!(sandbox_id = %record.id, "sandbox archived");
         Ok(())
     });
@@ -134,7 +149,8 @@ async fn upload(state: &AppState, record: &SandboxRecord) -> Result<(), String> 
     stored
 }
 
-/// Step 4 of an archive. A failure leaves files that the next restart or restore removes.
+/// Step 3 of an archive. Files left by a failure after the runner's record was marked are
+/// removed by the next restart or restore.
 async fn drop_local_files(state: &AppState, sandbox_id: &str) {
     if let Err(error) = state.runner.drop_writable_layer(sandbox_id).await {
         tracing::warn!(sandbox_id, error = %error_chain(&error), "failed to remove the local files of an archived sandbox");
