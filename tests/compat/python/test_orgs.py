@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from daytona import (
-    CreateSandboxFromImageParams,
     CreateSecretParams,
     CreateSnapshotParams,
     Daytona,
@@ -26,7 +25,6 @@ from daytona import (
     DaytonaConfig,
     DaytonaNotFoundError,
     DaytonaRateLimitError,
-    Image,
 )
 from daytona_api_client import ApiClient, ApiKeysApi, Configuration, ConfigApi, CreateApiKey, OrganizationsApi
 from daytona_api_client.exceptions import (
@@ -443,19 +441,8 @@ def test_computer_use_raises_bad_request(admin):
         admin.delete(sandbox)
 
 
-def test_unavailable_services_raise_bad_request(admin):
+def test_missing_images_raise_bad_request(admin):
     default_snapshot = admin.snapshot.list().items[0]
-    calls = {
-        "object storage": lambda: admin.create(
-            CreateSandboxFromImageParams(image=Image.debian_slim("3.12").add_local_file(__file__, "/tmp/test.py")),
-            timeout=30,
-        ),
-    }
-    for name, call in calls.items():
-        with pytest.raises(DaytonaBadRequestError) as raised:
-            call()
-        message = str(raised.value)
-        assert "not available yet" in message, f"{name}: {message}"
     # An image that was never imported: the message says how to import it.
     with pytest.raises(DaytonaBadRequestError) as raised:
         admin.snapshot.create(CreateSnapshotParams(name="s", image="python:3.12"))
