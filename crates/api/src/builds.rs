@@ -56,7 +56,8 @@ impl BuildLog {
         self.progress.send_replace((length, false));
     }
 
-    fn finish(&self) {
+    /// Marks the log final: followers read what is left and stop.
+    pub fn finish(&self) {
         let length = self.text.lock().expect("build log lock").len();
         self.progress.send_replace((length, true));
     }
@@ -91,6 +92,21 @@ impl Builds {
 
     pub fn log(&self, id: &str) -> Option<Arc<BuildLog>> {
         self.logs.lock().expect("build logs lock").get(id).cloned()
+    }
+
+    /// Starts an empty log for the build of snapshot or sandbox `id`.
+    pub fn new_log(&self, id: &str) -> Arc<BuildLog> {
+        let log = Arc::new(BuildLog::new());
+        self.logs
+            .lock()
+            .expect("build logs lock")
+            .insert(id.to_owned(), log.clone());
+        log
+    }
+
+    /// Drops the log of a deleted sandbox or snapshot.
+    pub fn forget_log(&self, id: &str) {
+        self.logs.lock().expect("build logs lock").remove(id);
     }
 
     /// Stops the build of snapshot `id`, if one runs. Dropping the task's future stops the
@@ -196,14 +212,8 @@ pub fn image_name_for(build_info: &CreateBuildInfo) -> String {
 /// Starts the background build of `record`, a `building` snapshot whose `image_name` is
 /// [`image_name_for`] `build_info`.
 pub fn start(state: &AppState, record: SnapshotRecord, build_info: CreateBuildInfo) {
-    let log = Arc::new(BuildLog::new());
     let id = record.id.clone();
-    state
-        .builds
-        .logs
-        .lock()
-        .expect("build logs lock")
-        .insert(id.clone(), log.clone());
+    let log = state.builds.new_log(&id);
     let task_state = state.clone();
     let task_id = id.clone();
     let mut tasks = state.builds.tasks.lock().expect("build tasks lock");
@@ -228,13 +238,15 @@ async fn run(
 ) {
     log.line(&format!("Building snapshot {}", record.name));
 
-    let scratch = state.config.data_dir.join("builds").join(&record.id);
-    let result = build_image(state, &record, &build_info, &scratch, log).await;
-    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %scratch.display(), %error, "failed to remove a build's scratch directory");
-    }
+    let scratch = scratch_dir(state, &record.id);
+    let target = BuildTarget {
+        image_name: record.image_name.as_deref().unwrap_or_default(),
+        organization_id: record.organization_id.as_deref().unwrap_or_default(),
+        build_info: &build_info,
+        scratch: &scratch,
+    };
+    let result = build_image(state, &target, log).await;
+    remove_scratch(&scratch).await;
 
     record.updated_at = daytona_wire::now_rfc3339();
     match result {
@@ -260,16 +272,42 @@ async fn run(
     }
 }
 
+/// What one build makes, and where it works.
+pub struct BuildTarget<'a> {
+    /// Store name of the image, [`image_name_for`] `build_info`.
+    pub image_name: &'a str,
+    /// Owner of the build contexts in object storage.
+    pub organization_id: &'a str,
+    pub build_info: &'a CreateBuildInfo,
+    /// Directory for the contexts and unfinished layers, removed by the caller afterwards.
+    pub scratch: &'a Path,
+}
+
+/// The scratch directory of the build of snapshot or sandbox `id`.
+pub fn scratch_dir(state: &AppState, id: &str) -> PathBuf {
+    state.config.data_dir.join("builds").join(id)
+}
+
+/// Removes a build's scratch directory; a failure is logged, since the next server start
+/// removes every scratch directory.
+pub async fn remove_scratch(scratch: &Path) {
+    if let Err(error) = tokio::fs::remove_dir_all(scratch).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %scratch.display(), %error, "failed to remove a build's scratch directory");
+    }
+}
+
 /// Builds the image, or finds it built already; returns the failure as the text for
 /// `errorReason`.
-async fn build_image(
+pub async fn build_image(
     state: &AppState,
-    record: &SnapshotRecord,
-    build_info: &CreateBuildInfo,
-    scratch: &Path,
+    target: &BuildTarget<'_>,
     log: &BuildLog,
 ) -> Result<daytona_images::Image, String> {
-    let image_name = record.image_name.clone().unwrap_or_default();
+    let image_name = target.image_name.to_owned();
+    let build_info = target.build_info;
+    let scratch = target.scratch;
     let root = state.config.image_cache_dir.clone();
     let store = tokio::task::spawn_blocking(move || ImageStore::open(&root))
         .await
@@ -305,7 +343,7 @@ async fn build_image(
         }
     }
 
-    let context_dir = fetch_contexts(state, record, build_info, scratch, log)
+    let context_dir = fetch_contexts(state, target.organization_id, build_info, scratch, log)
         .await
         .map_err(|error| crate::error::error_chain(&error))?;
     log.line("The build has no network access: RUN steps see loopback only");
@@ -324,7 +362,7 @@ async fn build_image(
 /// Fetches and unpacks the build contexts into one directory; `None` without contexts.
 async fn fetch_contexts(
     state: &AppState,
-    record: &SnapshotRecord,
+    organization_id: &str,
     build_info: &CreateBuildInfo,
     scratch: &Path,
     log: &BuildLog,
@@ -333,7 +371,6 @@ async fn fetch_contexts(
     if hashes.is_empty() {
         return Ok(None);
     }
-    let organization_id = record.organization_id.clone().unwrap_or_default();
     let context_dir = scratch.join("context");
     std::fs::create_dir_all(&context_dir).map_err(|source| ContextError::Unpack {
         hash: String::new(),
@@ -346,7 +383,7 @@ async fn fetch_contexts(
         state
             .builds
             .contexts
-            .fetch(&organization_id, &hash, &archive)
+            .fetch(organization_id, &hash, &archive)
             .await?;
         let dest = context_dir.clone();
         let unpack_hash = hash.clone();

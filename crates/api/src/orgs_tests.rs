@@ -1143,12 +1143,6 @@ async fn unavailable_features_are_documented_400() {
     let id = &record.id;
     let cases = [
         ("POST", format!("/api/sandbox/{id}/backup"), "backups"),
-        ("GET", format!("/api/sandbox/{id}/build-logs"), "build logs"),
-        (
-            "GET",
-            format!("/api/sandbox/{id}/build-logs-url"),
-            "build logs",
-        ),
         (
             "GET",
             format!("/api/sandbox/{id}/ports/3000/preview-url"),

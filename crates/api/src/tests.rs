@@ -290,7 +290,10 @@ async fn invalid_create_fields_are_400() {
         json!({"volumes": [{"volumeId": "v", "mountPath": "data"}]}),
         json!({"volumes": [{"volumeId": "v", "mountPath": "/proc/x"}]}),
         json!({"volumes": [{"volumeId": "v", "mountPath": "/data", "subpath": "../x"}]}),
-        json!({"buildInfo": {"dockerfileContent": "FROM x"}}),
+        json!({"buildInfo": {"dockerfileContent": "FROM x"}, "snapshot": "daytona-default"}),
+        json!({"buildInfo": {"dockerfileContent": ""}}),
+        json!({"buildInfo": {"dockerfileContent": "RUN true"}}),
+        json!({"buildInfo": {"dockerfileContent": "FROM x"}, "cpu": 99}),
         json!({"autoDeleteInterval": -5}),
     ] {
         let (status, response) = call(

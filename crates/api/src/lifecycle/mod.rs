@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! create:   creating -> starting -> started
+//! build:    pending_build -> building_snapshot -> starting -> started (see [`build`](self::build))
 //! start:    stopped  -> starting -> started
 //! recover:  error    -> starting -> started
 //! stop:     started  -> stopping -> stopped
@@ -12,6 +13,7 @@
 //! start:    archived -> restoring -> started
 //! delete:   any state -> destroying -> destroyed (the row is removed, so GET returns 404)
 //! failure:  creating | starting | stopping | started -> error
+//!           pending_build | building_snapshot -> build_failed
 //! ```
 //!
 //! Rules:
@@ -32,6 +34,7 @@
 
 mod activity;
 mod archive;
+mod build;
 mod operations;
 mod reconciler;
 mod recovery;
@@ -49,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use activity::{Activity, record_activity, track_toolbox_request};
 pub use archive::{MAX_AUTO_ARCHIVE_MINUTES, archive};
+pub use build::{BuildPlan, check_user_in_image, create_from_build, with_image_env};
 pub use operations::{CreatePlan, create, delete, recover, resize, start, stop};
 pub use reconciler::run as run_reconciler;
 pub use recovery::reconcile_after_restart;
@@ -71,6 +75,8 @@ pub enum OperationKind {
     Snapshot,
     Fork,
     Archive,
+    /// A create from an image definition, from the build until the sandbox is started.
+    Build,
 }
 
 impl OperationKind {
@@ -85,6 +91,7 @@ impl OperationKind {
             Self::Snapshot => "snapshot",
             Self::Fork => "fork",
             Self::Archive => "archive",
+            Self::Build => "build",
         }
     }
 }
@@ -125,6 +132,11 @@ impl OperationGuard {
     /// writing anything.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Completes when a delete takes the sandbox over.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
     }
 }
 
@@ -259,6 +271,8 @@ pub async fn wait_finished(finished: &mut watch::Receiver<bool>, limit: Duration
 fn desired_state(state: SandboxState, previous: Option<&str>) -> Option<String> {
     let desired = match state {
         SandboxState::Creating
+        | SandboxState::PendingBuild
+        | SandboxState::BuildingSnapshot
         | SandboxState::Starting
         | SandboxState::Started
         | SandboxState::Restoring => "started",

@@ -512,8 +512,10 @@ pub async fn delete(state: &AppState, record: SandboxRecord) -> Result<SandboxRe
         tracing::warn!(sandbox_id = %id, "the operation that the delete interrupted has not ended");
     }
 
-    // 4. The row, which frees the name.
+    // 4. The row, which frees the name, and the build log of a sandbox built from an image
+    //    definition.
     transition(state, &mut record, SandboxState::Destroyed, None).await?;
+    state.builds.forget_log(&id);
     drop(guard);
     tracing::info!(sandbox_id = %id, "sandbox destroyed");
     Ok(record)
@@ -593,6 +595,11 @@ pub(super) async fn answer(
     if let Ok(Ok(Err(error))) = tokio::time::timeout(RESPONSE_WAIT, outcome).await {
         return Err(error);
     }
+    answer_now(state, sandbox_id).await
+}
+
+/// Returns the sandbox as the store has it now, with its latest activity.
+async fn answer_now(state: &AppState, sandbox_id: &str) -> Result<SandboxRecord, ApiError> {
     let mut record = state
         .store
         .sandbox_by_id(sandbox_id)
@@ -615,6 +622,8 @@ pub(super) fn wrong_state(record: &SandboxRecord, current: SandboxState, action:
     if matches!(
         current,
         SandboxState::Creating
+            | SandboxState::PendingBuild
+            | SandboxState::BuildingSnapshot
             | SandboxState::Starting
             | SandboxState::Stopping
             | SandboxState::Destroying

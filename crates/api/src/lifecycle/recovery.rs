@@ -12,6 +12,7 @@
 //! | `stopped` | `started` (adopted) | `stopped` | `error` |
 //! | `error` | processes killed, `error` | `error` | `error` |
 //! | `destroying` | the delete is finished | the delete is finished | row removed |
+//! | `pending_build`, `building_snapshot` | — | — | `build_failed` |
 //!
 //! Archives and restores in progress are settled by [`archive::settle`]: the runner's archived
 //! mark says whether the files are local (`stopped`) or only in object storage (`archived`).
@@ -27,6 +28,9 @@ use super::{add_route, archive, operations, transition};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::SandboxRecord;
+
+/// `errorReason` of a sandbox whose image build a server restart interrupted.
+const INTERRUPTED_BUILD: &str = "the server restarted while the sandbox's image was being built; delete the sandbox and create it again";
 
 /// Reconciles every stored sandbox with the runner; see the module documentation.
 pub async fn reconcile_after_restart(state: &AppState) -> anyhow::Result<()> {
@@ -57,6 +61,22 @@ async fn reconcile_one(state: &AppState, mut record: SandboxRecord) -> Result<()
     if record.state == SandboxState::Destroying {
         tracing::info!(sandbox_id = %record.id, "finishing the delete the server stopped in the middle of");
         operations::delete(state, record).await?;
+        return Ok(());
+    }
+    if matches!(
+        record.state,
+        SandboxState::PendingBuild | SandboxState::BuildingSnapshot
+    ) {
+        // The build ran in the server's process, so it ended with it. The runner prepares a
+        // built sandbox's files only after the move to `starting`.
+        tracing::info!(sandbox_id = %record.id, state = %record.state, "marking an interrupted sandbox build failed");
+        transition(
+            state,
+            &mut record,
+            SandboxState::BuildFailed,
+            Some(INTERRUPTED_BUILD.to_owned()),
+        )
+        .await?;
         return Ok(());
     }
     if state.runner.contains(&record.id) && archive::settle(state, &mut record).await? {

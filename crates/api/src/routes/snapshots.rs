@@ -444,6 +444,16 @@ async fn remove_unused_image(state: &AppState, image_name: &str) {
             return;
         }
     }
+    // A sandbox created from an image definition names its built image as its snapshot and
+    // runs on the image's layers.
+    match state.store.sandboxes_using_snapshot(image_name).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!(image = image_name, error = %error, "failed to check whether other snapshots use an image; keeping it");
+            return;
+        }
+    }
     let Ok(store) = image_store(state).await else {
         return;
     };

@@ -24,7 +24,6 @@ pub const CODE: &str = "FEATURE_NOT_AVAILABLE";
 /// The reason and the way around it, for each feature.
 mod message {
     pub const BACKUP: &str = "sandbox backups are not available yet on this server: they need object storage; a stopped sandbox keeps its files on this host";
-    pub const BUILD_LOGS: &str = "build logs are not available yet on this server: sandboxes start only from ready snapshots, so nothing is built";
     pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
     pub const SSH: &str = "SSH access is not available yet on this server; open a shell through the toolbox instead (process.create_pty_session)";
     pub const SECRETS: &str = "secrets are not available yet on this server; pass values as environment variables at create (env_vars) or per command (env)";
@@ -53,8 +52,6 @@ async fn sandbox_feature(
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(backup_sandbox))
-        .routes(routes!(sandbox_build_logs))
-        .routes(routes!(sandbox_build_logs_url))
         .routes(routes!(preview_url))
         .routes(routes!(signed_preview_url))
         .routes(routes!(expire_signed_preview_url))
@@ -78,30 +75,6 @@ pub async fn backup_sandbox(
     Path(id): Path<String>,
 ) -> ApiError {
     sandbox_feature(&state, &caller, &id, message::BACKUP).await
-}
-
-/// `GET /sandbox/{id}/build-logs`: not available yet.
-#[utoipa::path(get, path = "/sandbox/{id}/build-logs", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn sandbox_build_logs(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::BUILD_LOGS).await
-}
-
-/// `GET /sandbox/{id}/build-logs-url`: not available yet.
-#[utoipa::path(get, path = "/sandbox/{id}/build-logs-url", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn sandbox_build_logs_url(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::BUILD_LOGS).await
 }
 
 /// `GET /sandbox/{id}/ports/{port}/preview-url`: not available yet.

@@ -8,7 +8,6 @@ mod settings;
 mod snapshot;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use axum::Json;
@@ -18,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use daytona_runner::Limits;
 use daytona_wire::ErrorBody;
 use daytona_wire::api::{
-    CreateSandbox, ResizeSandbox, Sandbox, SandboxState, SnapshotState, ToolboxProxyUrl,
+    CreateBuildInfo, CreateSandbox, ResizeSandbox, Sandbox, SandboxState, SnapshotState,
+    ToolboxProxyUrl,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -46,6 +46,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(recover))
         .routes(routes!(resize))
         .routes(routes!(toolbox_proxy_url))
+        .routes(routes!(build_logs_url))
+        .routes(routes!(build_logs))
         .merge(settings::routes())
         .merge(snapshot::routes())
 }
@@ -96,47 +98,9 @@ fn validate_user(user: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks that the image has an account named `user`, in the `/etc/passwd` of the topmost
-/// layer that has one, so that a create for a missing user is refused before anything starts.
-fn check_user_in_image(layers: &[PathBuf], user: &str, snapshot: &str) -> Result<(), ApiError> {
-    let Some(passwd) = layers
-        .iter()
-        .rev()
-        .map(|layer| layer.join("etc/passwd"))
-        .find(|path| path.is_file())
-    else {
-        return Err(ApiError::bad_request(format!(
-            "snapshot {snapshot:?} has no /etc/passwd, so it has no user {user:?}"
-        )));
-    };
-    let text = std::fs::read_to_string(&passwd)
-        .map_err(|error| ApiError::internal("failed to read the image's user database", error))?;
-    let found = text
-        .lines()
-        .any(|line| line.split(':').next() == Some(user));
-    if found {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "snapshot {snapshot:?} has no user {user:?}; use a user its /etc/passwd lists, such as 'daytona' or 'root'"
-        )))
-    }
-}
-
 /// Longest `NAME=value` string the kernel passes to a program (`MAX_ARG_STRLEN`, 32 pages),
 /// less its terminating NUL.
 const MAX_ENV_ENTRY: usize = 128 * 1024 - 1;
-
-/// Returns the image's `NAME=value` entries with `env` on top.
-fn with_image_env(image_env: &[String], env: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut merged: BTreeMap<String, String> = image_env
-        .iter()
-        .filter_map(|entry| entry.split_once('='))
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect();
-    merged.extend(env);
-    merged
-}
 
 /// Most bytes of environment a sandbox may have in all, well under the kernel's limit on the
 /// arguments and environment of one program (a quarter of the 8 MiB default stack).
@@ -237,9 +201,9 @@ pub async fn create(
             "the server is still preparing the default snapshot; GET /api/health answers 200 once creates are accepted",
         ));
     }
-    if body.build_info.is_some() {
+    if body.build_info.is_some() && body.snapshot.is_some() {
         return Err(ApiError::bad_request(
-            "creating a sandbox from an image build is not supported yet; create it from a snapshot",
+            "snapshot and buildInfo cannot be used together: create the sandbox either from a snapshot or from an image definition",
         ));
     }
     if body.gpu.unwrap_or(0) > 0 || body.gpu_type.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -267,6 +231,17 @@ pub async fn create(
     )
     .await?;
 
+    if let Some(build_info) = body.build_info.clone() {
+        let request = BuildRequest {
+            user,
+            env,
+            labels,
+            volumes,
+            volume_mounts,
+        };
+        return create_from_build_info(&state, &caller, &body, build_info, request).await;
+    }
+
     let snapshot_name = body
         .snapshot
         .clone()
@@ -288,9 +263,9 @@ pub async fn create(
     }
     let image = super::snapshots::image_for(&state, &snapshot).await?;
     let layers = image.layers;
-    check_user_in_image(&layers, &user, &snapshot.name)?;
+    lifecycle::check_user_in_image(&layers, &user, &snapshot.name)?;
     // The image's environment comes first; the variables of the request override it.
-    let env = with_image_env(&image.config.env, env);
+    let env = lifecycle::with_image_env(&image.config.env, env);
     // Imported images start commands in their WorkingDir. The default snapshot keeps the
     // user's home, so that root starts in /root.
     let work_dir = if snapshot.name == daytona_images::DEFAULT_SNAPSHOT {
@@ -325,26 +300,7 @@ pub async fn create(
         limits.max_disk,
         "GiB",
     )?;
-    let auto_stop_interval = interval(
-        "autoStopInterval",
-        body.auto_stop_interval,
-        DEFAULT_AUTO_STOP_MINUTES,
-        0,
-    )?;
-    let auto_archive_interval = interval(
-        "autoArchiveInterval",
-        body.auto_archive_interval,
-        DEFAULT_AUTO_ARCHIVE_MINUTES,
-        0,
-    )?;
-    let auto_delete_interval = interval(
-        "autoDeleteInterval",
-        body.auto_delete_interval,
-        DEFAULT_AUTO_DELETE_MINUTES,
-        -1,
-    )?;
-    let auto_pause_interval = interval("autoPauseInterval", body.auto_pause_interval, 0, 0)?;
-    let ttl_minutes = interval("ttlMinutes", body.ttl_minutes, 0, 0)?;
+    let intervals = Intervals::from_request(&body)?;
 
     let sandbox_limits = Limits {
         cpus: cpu as u32,
@@ -386,15 +342,15 @@ pub async fn create(
         state: SandboxState::Creating,
         desired_state: Some("started".to_owned()),
         error_reason: None,
-        auto_stop_interval,
-        auto_archive_interval,
-        auto_delete_interval,
-        auto_pause_interval,
+        auto_stop_interval: intervals.auto_stop,
+        auto_archive_interval: intervals.auto_archive,
+        auto_delete_interval: intervals.auto_delete,
+        auto_pause_interval: intervals.auto_pause,
         volumes,
         created_at: now.clone(),
         updated_at: now.clone(),
         last_activity_at: Some(now.clone()),
-        auto_destroy_at: settings::ttl_deadline(&state, ttl_minutes),
+        auto_destroy_at: settings::ttl_deadline(&state, intervals.ttl),
         state_changed_at: Some(now),
     };
     let plan = CreatePlan {
@@ -421,6 +377,135 @@ pub async fn create(
         response.headers_mut().insert("server-timing", value);
     }
     Ok(response)
+}
+
+/// The automatic-lifecycle intervals of a create, in minutes.
+struct Intervals {
+    auto_stop: i64,
+    auto_archive: i64,
+    auto_delete: i64,
+    auto_pause: i64,
+    ttl: i64,
+}
+
+impl Intervals {
+    fn from_request(body: &CreateSandbox) -> Result<Self, ApiError> {
+        Ok(Self {
+            auto_stop: interval(
+                "autoStopInterval",
+                body.auto_stop_interval,
+                DEFAULT_AUTO_STOP_MINUTES,
+                0,
+            )?,
+            auto_archive: interval(
+                "autoArchiveInterval",
+                body.auto_archive_interval,
+                DEFAULT_AUTO_ARCHIVE_MINUTES,
+                0,
+            )?,
+            auto_delete: interval(
+                "autoDeleteInterval",
+                body.auto_delete_interval,
+                DEFAULT_AUTO_DELETE_MINUTES,
+                -1,
+            )?,
+            auto_pause: interval("autoPauseInterval", body.auto_pause_interval, 0, 0)?,
+            ttl: interval("ttlMinutes", body.ttl_minutes, 0, 0)?,
+        })
+    }
+}
+
+/// The checked parts of a create request that a create from an image definition uses.
+struct BuildRequest {
+    user: String,
+    env: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    volumes: Vec<daytona_wire::api::SandboxVolume>,
+    volume_mounts: Vec<daytona_runner::VolumeMount>,
+}
+
+/// Creates a sandbox from an image definition: responds at once with `pending_build` while
+/// the image builds in the background (see [`lifecycle::create_from_build`]).
+async fn create_from_build_info(
+    state: &AppState,
+    caller: &Caller,
+    body: &CreateSandbox,
+    build_info: CreateBuildInfo,
+    request: BuildRequest,
+) -> Result<Response, ApiError> {
+    if build_info.dockerfile_content.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "buildInfo.dockerfileContent is empty; it must hold a Dockerfile with a FROM line",
+        ));
+    }
+    daytona_images::build::dockerfile::parse(&build_info.dockerfile_content).map_err(|error| {
+        ApiError::bad_request(format!("invalid Dockerfile in buildInfo: {error}"))
+    })?;
+    let limits = &state.config.limits;
+    let cpu = resource("cpu", body.cpu, limits.default_cpu, limits.max_cpu, "vCPUs")?;
+    let memory = resource(
+        "memory",
+        body.memory,
+        limits.default_memory,
+        limits.max_memory,
+        "GiB",
+    )?;
+    let disk = resource(
+        "disk",
+        body.disk,
+        limits.default_disk,
+        limits.max_disk,
+        "GiB",
+    )?;
+    let intervals = Intervals::from_request(body)?;
+
+    let image_name = crate::builds::image_name_for(&build_info);
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = daytona_wire::now_rfc3339();
+    let record = SandboxRecord {
+        id: id.clone(),
+        organization_id: caller.organization_id.clone(),
+        name: body.name.clone().unwrap_or_else(|| id.clone()),
+        snapshot: Some(image_name.clone()),
+        os_user: request.user,
+        env: request.env,
+        labels: request.labels,
+        public: body.public.unwrap_or(false),
+        network_block_all: body.network_block_all.unwrap_or(false),
+        network_allow_list: body.network_allow_list.clone(),
+        domain_allow_list: body.domain_allow_list.clone(),
+        target: TARGET.to_owned(),
+        cpu,
+        gpu: 0,
+        memory,
+        disk,
+        state: SandboxState::PendingBuild,
+        desired_state: Some("started".to_owned()),
+        error_reason: None,
+        auto_stop_interval: intervals.auto_stop,
+        auto_archive_interval: intervals.auto_archive,
+        auto_delete_interval: intervals.auto_delete,
+        auto_pause_interval: intervals.auto_pause,
+        volumes: request.volumes,
+        created_at: now.clone(),
+        updated_at: now.clone(),
+        last_activity_at: Some(now.clone()),
+        auto_destroy_at: settings::ttl_deadline(state, intervals.ttl),
+        state_changed_at: Some(now),
+    };
+    let plan = lifecycle::BuildPlan {
+        build_info,
+        image_name,
+        limits: Limits {
+            cpus: cpu as u32,
+            memory_gib: memory as u32,
+            disk_gib: disk as u32,
+            pids: limits.pids,
+        },
+        volumes: request.volume_mounts,
+    };
+    let record = lifecycle::create_from_build(state, record, plan).await?;
+    Ok(Json(dto::sandbox(state, &record)).into_response())
 }
 
 /// Loads a sandbox of the caller's organization by id or name, or returns a 404 error. The
@@ -465,6 +550,50 @@ pub async fn toolbox_proxy_url(
     Ok(Json(ToolboxProxyUrl {
         url: state.toolbox_proxy_url(),
     }))
+}
+
+/// `GET /sandbox/{id}/build-logs-url`: where the build log of a sandbox created from an
+/// image definition streams from.
+#[utoipa::path(get, path = "/sandbox/{id}/build-logs-url", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name")),
+    responses((status = 200, description = "`{\"url\": ...}`"), (status = 404, body = ErrorBody)))]
+pub async fn build_logs_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id_or_name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = find(&state, &caller, &id_or_name).await?;
+    let url = format!(
+        "{}/api/sandbox/{}/build-logs",
+        state.config.public_url, record.id
+    );
+    Ok(Json(serde_json::json!({ "url": url })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct BuildLogQuery {
+    follow: Option<bool>,
+}
+
+/// `GET /sandbox/{id}/build-logs?follow=true`: the build log as plain text. With `follow` the
+/// body stays open and grows until the build ends. A sandbox created from a snapshot, or
+/// built before the server's last start, has an empty log.
+#[utoipa::path(get, path = "/sandbox/{id}/build-logs", tag = "sandbox",
+    params(("id" = String, Path, description = "Sandbox id or name"),
+        ("follow" = Option<bool>, Query, description = "Stream until the build ends")),
+    responses((status = 200, description = "The build log, text/plain"), (status = 404, body = ErrorBody)))]
+pub async fn build_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id_or_name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<BuildLogQuery>,
+) -> Result<Response, ApiError> {
+    let record = find(&state, &caller, &id_or_name).await?;
+    let log = state.builds.log(&record.id);
+    Ok(crate::builds::log_response(
+        log,
+        query.follow.unwrap_or(false),
+    ))
 }
 
 /// `DELETE /sandbox/{idOrName}`: destroys the sandbox in any state, interrupting a start or
