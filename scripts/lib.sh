@@ -74,8 +74,8 @@ build() {
     fi
 }
 
-# Builds the crash-safety tests' server, which stops at a named step when DAYTONA_FAULT says
-# so, as $fault_bin; then makes $daytona_bin the normal build again.
+# Builds the crash-safety tests' server, which stops at the step named by DAYTONA_FAULT, as
+# $fault_bin; then makes $daytona_bin the normal build again.
 build_fault_variant() {
     cd "$repo_root"
     log "building daytona with fault injection (release)"

@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 
+use daytona_objstore::ARCHIVES_BUCKET;
 use daytona_wire::api::SandboxState;
 
 use super::operations::{
@@ -29,10 +30,7 @@ use crate::error::{ApiError, error_chain};
 use crate::state::AppState;
 use crate::store::SandboxRecord;
 
-/// Bucket of the sandbox archives.
-pub const ARCHIVE_BUCKET: &str = daytona_objstore::ARCHIVES_BUCKET;
-
-/// Longest auto-archive interval, in minutes (30 days); an interval of 0 means this one.
+/// Maximum auto-archive interval, in minutes (30 days). An interval of 0 means this maximum.
 pub const MAX_AUTO_ARCHIVE_MINUTES: i64 = 43_200;
 
 /// Object key of a sandbox's archived writable layer.
@@ -97,8 +95,8 @@ pub async fn archive(state: &AppState, record: SandboxRecord) -> Result<SandboxR
             .await?;
             return Ok(());
         }
-        // The files go before the state says `archived`, so that an archived sandbox never has
-        // them. A drop that failed before it marked the runner's record leaves the sandbox
+        // The files go before the store records `archived`, so that an archived sandbox never
+        // has them. A drop that failed before it marked the runner's record leaves the sandbox
         // stopped with its files.
         drop_local_files(state, &record.id).await;
         let dropped = state.runner.is_archived(&record.id).await.unwrap_or(false);
@@ -138,7 +136,7 @@ async fn upload(state: &AppState, record: &SandboxRecord) -> Result<(), String> 
         fault("archive.packed")?;
         state
             .object_storage
-            .put_file(ARCHIVE_BUCKET, &archive_key(record), &staging)
+            .put_file(ARCHIVES_BUCKET, &archive_key(record), &staging)
             .await
             .map_err(|error| error_chain(&error))?;
         tracing::info!(sandbox_id = %record.id, bytes = packed.compressed_bytes, entries = packed.entries, "sandbox layer stored");
@@ -193,7 +191,7 @@ pub async fn restore(state: &AppState, record: SandboxRecord) -> Result<SandboxR
         }
         if let Err(error) = state
             .object_storage
-            .delete(ARCHIVE_BUCKET, &archive_key(&record))
+            .delete(ARCHIVES_BUCKET, &archive_key(&record))
             .await
         {
             tracing::warn!(sandbox_id = %record.id, error = %error_chain(&error), "failed to delete the archive of a restored sandbox");
@@ -213,13 +211,13 @@ pub async fn restore(state: &AppState, record: SandboxRecord) -> Result<SandboxR
     answer(state, &id, outcome).await
 }
 
-/// The download and unpack of a restore.
+/// Downloads a sandbox's archive and unpacks it into a fresh writable layer.
 async fn download(state: &AppState, record: &SandboxRecord) -> Result<(), String> {
     let staging = staging_file(state, record).map_err(|error| error.to_string())?;
     let restored = async {
         state
             .object_storage
-            .get_to_file(ARCHIVE_BUCKET, &archive_key(record), &staging)
+            .get_to_file(ARCHIVES_BUCKET, &archive_key(record), &staging)
             .await
             .map_err(|error| error_chain(&error))?;
         fault("restore.downloaded")?;
@@ -247,7 +245,7 @@ fn remove_staging(path: &std::path::Path) {
 pub async fn forget(state: &AppState, record: &SandboxRecord) {
     if let Err(error) = state
         .object_storage
-        .delete(ARCHIVE_BUCKET, &archive_key(record))
+        .delete(ARCHIVES_BUCKET, &archive_key(record))
         .await
     {
         tracing::warn!(sandbox_id = %record.id, error = %error_chain(&error), "failed to delete the archive of a deleted sandbox");

@@ -15,7 +15,7 @@
 //! | `pending_build`, `building_snapshot` | — | — | `build_failed` |
 //!
 //! Archives and restores in progress are settled by [`archive::settle`]: the runner's archived
-//! mark says whether the files are local (`stopped`) or only in object storage (`archived`).
+//! mark records whether the files are local (`stopped`) or only in object storage (`archived`).
 //!
 //! Sandboxes on disk that the store does not know are destroyed.
 

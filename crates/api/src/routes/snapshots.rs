@@ -263,7 +263,7 @@ pub async fn build_logs_url(
 }
 
 /// `GET /snapshots/{id}/build-logs?follow=true`: the build log as plain text. With `follow`
-/// the body stays open and grows until the build ends; without it, it holds the log so far.
+/// the body stays open and grows until the build ends; without it, it contains the log so far.
 /// A snapshot without a build in this server's run has an empty log.
 #[utoipa::path(get, path = "/snapshots/{id}/build-logs", tag = "snapshots",
     params(("id" = String, Path, description = "Snapshot id or name"),
