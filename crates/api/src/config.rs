@@ -30,6 +30,16 @@ pub struct ServerConfig {
     /// `GET /sandbox/{id}/telemetry/metrics`.
     pub metrics_interval: Duration,
     pub object_storage: ObjectStorageConfig,
+    pub ssh_gateway: SshGatewayConfig,
+}
+
+/// The SSH gateway's listener and the host that `sshCommand` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshGatewayConfig {
+    /// Address the gateway listens on; its port is the one `sshCommand` names.
+    pub listen: SocketAddr,
+    /// Host name or address that clients reach the gateway at.
+    pub public_host: String,
 }
 
 /// Where build contexts and sandbox archives are stored.

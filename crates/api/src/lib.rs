@@ -17,12 +17,15 @@ mod routes;
 mod server;
 mod signing;
 mod socketio;
+pub mod ssh_access;
+mod ssh_gateway;
 mod state;
 pub mod store;
 mod telemetry;
 
 pub use config::{
     LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+    SshGatewayConfig,
 };
 pub use server::run;
 

@@ -1158,13 +1158,6 @@ async fn unavailable_features_are_documented_400() {
             format!("/api/sandbox/{id}/ports/3000/signed-preview-url/t/expire"),
             "preview URLs",
         ),
-        ("POST", format!("/api/sandbox/{id}/ssh-access"), "SSH"),
-        ("DELETE", format!("/api/sandbox/{id}/ssh-access"), "SSH"),
-        (
-            "GET",
-            "/api/sandbox/ssh-access/validate?token=t".to_owned(),
-            "SSH",
-        ),
         ("PUT", format!("/api/sandbox/{id}/secrets"), "secrets"),
         ("GET", format!("/api/sandbox/{id}/secrets"), "secrets"),
         ("GET", "/api/warm-pools".to_owned(), "warm pools"),
@@ -1208,6 +1201,118 @@ async fn unavailable_features_are_documented_400() {
             reply.body
         );
     }
+}
+
+#[tokio::test]
+async fn ssh_access_create_validate_revoke() {
+    let harness = plain().await;
+    let org = default_organization(&harness).await;
+    let record = stored(&harness, &org, "ssh", SandboxState::Started).await;
+    let id = &record.id;
+
+    let created = send(
+        &harness,
+        "POST",
+        &format!("/api/sandbox/{id}/ssh-access?expiresInMinutes=5"),
+        None,
+        Some(KEY),
+        &[],
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let token = created.body["token"].as_str().unwrap().to_owned();
+    for field in [
+        "id",
+        "sandboxId",
+        "token",
+        "expiresAt",
+        "createdAt",
+        "updatedAt",
+        "sshCommand",
+    ] {
+        assert!(created.body[field].is_string(), "{field}: {}", created.body);
+    }
+    assert_eq!(created.body["sandboxId"], id.as_str());
+    assert_eq!(
+        created.body["sshCommand"],
+        format!("ssh -p 2222 {token}@127.0.0.1")
+    );
+    // Only the hash is stored.
+    let stored_access = harness
+        .state
+        .store
+        .ssh_access_by_hash(&crate::auth::hash_key(&token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(stored_access.token_hash, token);
+
+    let validate = format!("/api/sandbox/ssh-access/validate?token={token}");
+    let valid = send(&harness, "GET", &validate, None, Some(KEY), &[]).await;
+    assert_eq!(valid.body, json!({"valid": true, "sandboxId": id}));
+
+    // Another organization can neither see, revoke nor validate the token.
+    let (_, other) = organization_with_key(&harness, "ssh-other", all_permissions()).await;
+    let revoke = format!("/api/sandbox/{id}/ssh-access?token={token}");
+    let refused = send(&harness, "DELETE", &revoke, None, Some(&other), &[]).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
+    let hidden = send(&harness, "GET", &validate, None, Some(&other), &[]).await;
+    assert_eq!(hidden.body, json!({"valid": false, "sandboxId": ""}));
+
+    let revoked = send(&harness, "DELETE", &revoke, None, Some(KEY), &[]).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let invalid = send(&harness, "GET", &validate, None, Some(KEY), &[]).await;
+    assert_eq!(invalid.body, json!({"valid": false, "sandboxId": ""}));
+    assert!(
+        crate::ssh_access::find_usable(&harness.state.store, &token)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    for bad in ["0", "-3", "abc", "43201"] {
+        let reply = send(
+            &harness,
+            "POST",
+            &format!("/api/sandbox/{id}/ssh-access?expiresInMinutes={bad}"),
+            None,
+            Some(KEY),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            reply.body
+        );
+        assert!(
+            reply.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("expiresInMinutes")
+        );
+    }
+    let missing = send(
+        &harness,
+        "GET",
+        "/api/sandbox/ssh-access/validate",
+        None,
+        Some(KEY),
+        &[],
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.body);
+    let unknown = send(
+        &harness,
+        "POST",
+        "/api/sandbox/nope/ssh-access",
+        None,
+        Some(KEY),
+        &[],
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
 
 /// Reads WebSocket messages until a text message other than a ping arrives, at most 5 s.

@@ -74,6 +74,13 @@ pub async fn run(
     tokio::spawn(prepare_default_snapshot(state.clone(), images));
     tokio::spawn(crate::telemetry::run_sampler(state.clone()));
 
+    // Dropping the sender at return stops the SSH gateway.
+    let (_stop_ssh_gateway, ssh_gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    crate::ssh_gateway::start(&state, async move {
+        let _ = ssh_gateway_stopped.await;
+    })
+    .await?;
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;

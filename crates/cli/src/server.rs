@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use daytona_api::{
     LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+    SshGatewayConfig,
 };
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -144,10 +145,40 @@ pub struct ServerArgs {
     #[arg(long, env = "DAYTONA_OBJECT_STORAGE_BUCKET_PREFIX", default_value = "")]
     object_storage_bucket_prefix: String,
 
+    /// Address the SSH gateway listens on for `ssh -p <port> <token>@<host>`.
+    #[arg(long, env = "DAYTONA_SSH_LISTEN", default_value = "127.0.0.1:2222")]
+    ssh_listen: SocketAddr,
+
+    /// Host name or address that the `sshCommand` of SSH access tokens names [default: the
+    /// host of --public-url]
+    #[arg(long, env = "DAYTONA_SSH_PUBLIC_HOST")]
+    ssh_public_host: Option<String>,
+
     /// Test aid, left out of the help: while this file exists, sandbox starts (other than
     /// the warm pool's) wait, which keeps a sandbox in the starting state.
     #[arg(long, value_name = "FILE", hide = true)]
     test_hang_start_file: Option<PathBuf>,
+}
+
+/// Returns the host of a URL such as `http://example.com:3000/base`, without brackets around
+/// an IPv6 address.
+fn url_host(url: &str) -> anyhow::Result<String> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        bail!("the public URL {url:?} has no host; pass --ssh-public-host");
+    }
+    Ok(host.to_owned())
 }
 
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -267,6 +298,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{}", args.listen))
         .trim_end_matches('/')
         .to_owned();
+    let ssh_gateway = SshGatewayConfig {
+        listen: args.ssh_listen,
+        public_host: match args.ssh_public_host {
+            Some(host) => host,
+            None => url_host(&public_url)?,
+        },
+    };
     let external = match args.object_storage_url {
         None => None,
         Some(endpoint) => Some(daytona_objstore::ExternalConfig {
@@ -317,6 +355,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         metrics_interval: Duration::from_secs(args.metrics_interval),
         object_storage,
+        ssh_gateway,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
@@ -333,4 +372,17 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         };
         daytona_api::run(config, shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host;
+
+    #[test]
+    fn url_host_drops_scheme_port_and_path() {
+        assert_eq!(url_host("http://127.0.0.1:3000").unwrap(), "127.0.0.1");
+        assert_eq!(url_host("https://example.com/api").unwrap(), "example.com");
+        assert_eq!(url_host("http://[::1]:3000/").unwrap(), "::1");
+        assert!(url_host("http://:3000").is_err());
+    }
 }

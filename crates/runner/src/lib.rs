@@ -20,6 +20,9 @@ mod snapshot;
 mod usage;
 
 pub use archive::ArchivedLayer;
+pub use daemon_client::{
+    DaemonRequestError, StreamEvent, StreamReader, StreamWriter, open_process_stream,
+};
 pub use daytona_isolation::spec::{MountPathError, VOLUME_UID_BASE, VolumeMount, check_mount_path};
 pub use disk::DiskError;
 pub use instance::{Limits, SandboxRuntimeState};

@@ -18,6 +18,8 @@ pub mod lsp;
 pub mod object_storage;
 pub mod orgs;
 pub mod sessions;
+pub mod ssh;
+pub mod stream;
 pub mod system;
 pub mod telemetry;
 pub mod toolbox;

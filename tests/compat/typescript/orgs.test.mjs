@@ -127,7 +127,6 @@ test('features that are not available yet raise DaytonaBadRequestError', async (
     const calls = {
       getPreviewLink: () => sandbox.getPreviewLink(3000),
       getSignedPreviewUrl: () => sandbox.getSignedPreviewUrl(3000, 60),
-      createSshAccess: () => sandbox.createSshAccess(60),
       'secret.list': () => admin.secret.list(),
       'warmPool.list': () => admin.warmPool.list(),
       'computerUse.start': () => sandbox.computerUse.start(),
@@ -174,7 +173,7 @@ async function startHangingServer() {
     [
       'server', '--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`,
       '--image-cache', process.env.DAYTONA_IMAGE_CACHE ?? '/var/cache/daytona/images',
-      '--daemon-binary', process.env.DAYTONA_DAEMON_BIN, '--test-hang-start-file', hangFile,
+      '--daemon-binary', process.env.DAYTONA_DAEMON_BIN, '--ssh-listen', `127.0.0.1:${await freePort()}`, '--test-hang-start-file', hangFile,
     ],
     { env: { ...process.env, DAYTONA_ADMIN_API_KEY: apiKey, DAYTONA_LOG: 'info' }, stdio: 'ignore' },
   );

@@ -11,6 +11,7 @@ mod organizations;
 mod sandboxes;
 mod signing;
 mod snapshots;
+mod ssh_access;
 mod toolbox;
 mod unavailable;
 mod volumes;
@@ -92,6 +93,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(metrics::routes())
         .merge(volumes::routes())
         .merge(object_storage::routes())
+        .merge(ssh_access::routes())
         .merge(unavailable::routes())
 }
 

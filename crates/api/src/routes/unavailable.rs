@@ -25,7 +25,6 @@ pub const CODE: &str = "FEATURE_NOT_AVAILABLE";
 mod message {
     pub const BACKUP: &str = "sandbox backups are not available yet on this server: they need object storage; a stopped sandbox keeps its files on this host";
     pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
-    pub const SSH: &str = "SSH access is not available yet on this server; open a shell through the toolbox instead (process.create_pty_session)";
     pub const SECRETS: &str = "secrets are not available yet on this server; pass values as environment variables at create (env_vars) or per command (env)";
     pub const WARM_POOLS: &str = "warm pools cannot be managed through the API yet; the server keeps one for the default snapshot, sized by `daytona server --warm-pool-size`";
 }
@@ -55,8 +54,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(preview_url))
         .routes(routes!(signed_preview_url))
         .routes(routes!(expire_signed_preview_url))
-        .routes(routes!(create_ssh_access, revoke_ssh_access))
-        .routes(routes!(validate_ssh_access))
         .routes(routes!(update_sandbox_secrets, sandbox_secrets))
         .routes(routes!(list_warm_pools, create_warm_pool))
         .routes(routes!(update_warm_pool, delete_warm_pool))
@@ -112,37 +109,6 @@ pub async fn expire_signed_preview_url(
     Path((id, _port, _token)): Path<(String, String, String)>,
 ) -> ApiError {
     sandbox_feature(&state, &caller, &id, message::PREVIEW).await
-}
-
-/// `POST /sandbox/{id}/ssh-access`: not available yet.
-#[utoipa::path(post, path = "/sandbox/{id}/ssh-access", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create_ssh_access(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::SSH).await
-}
-
-/// `DELETE /sandbox/{id}/ssh-access`: not available yet.
-#[utoipa::path(delete, path = "/sandbox/{id}/ssh-access", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn revoke_ssh_access(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::SSH).await
-}
-
-/// `GET /sandbox/ssh-access/validate`: not available yet.
-#[utoipa::path(get, path = "/sandbox/ssh-access/validate", tag = "sandbox",
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody)))]
-pub async fn validate_ssh_access(_caller: Caller) -> ApiError {
-    not_available(message::SSH)
 }
 
 /// `PUT /sandbox/{id}/secrets`: not available yet.

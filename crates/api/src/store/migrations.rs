@@ -137,6 +137,24 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE UNIQUE INDEX volumes_org_name ON volumes(organization_id, name)",
         ],
     ),
+    (
+        6,
+        &[
+            // SSH access tokens. Only a token's SHA-256 is stored; the token is the SSH user
+            // name. Rows go with their sandbox.
+            "CREATE TABLE ssh_access (
+            id TEXT PRIMARY KEY,
+            sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+            organization_id TEXT NOT NULL REFERENCES organizations(id),
+            token_hash TEXT NOT NULL UNIQUE,
+            expires_at TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            revoked_at TEXT
+        )",
+            "CREATE INDEX ssh_access_sandbox ON ssh_access(sandbox_id)",
+        ],
+    ),
 ];
 
 /// Applies every migration newer than the recorded version, each in its own transaction.

@@ -9,6 +9,7 @@ mod orgs;
 mod sandboxes;
 mod signing;
 mod snapshots;
+mod ssh_access;
 mod volumes;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use orgs::{ApiKeyRecord, LimitOverrides, OrganizationRecord, STATES_HOLDING_RESOURCES, Usage};
 pub use sandboxes::{SandboxFilter, SandboxRecord, StateChange};
 pub use snapshots::SnapshotRecord;
+pub use ssh_access::SshAccessRecord;
 pub use volumes::VolumeRecord;
 
 /// Errors of the state store.

@@ -28,6 +28,7 @@ mod pty;
 mod server;
 mod session;
 mod state;
+mod stream;
 mod system;
 mod user;
 

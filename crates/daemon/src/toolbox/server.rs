@@ -14,7 +14,9 @@ use utoipa_axum::router::OpenApiRouter;
 use super::drain::drain_request_body;
 use super::error::{error_body, route_not_found};
 use super::state::Toolbox;
-use super::{computeruse, env, files, git, info, interpreter, lsp, process, pty, session, system};
+use super::{
+    computeruse, env, files, git, info, interpreter, lsp, process, pty, session, stream, system,
+};
 
 /// Largest JSON request body, in bytes. Commands and code travel in JSON bodies and may be
 /// far longer than ARG_MAX. Uploads are multipart and streamed, so this limit does not apply
@@ -46,6 +48,7 @@ fn toolbox_routes() -> OpenApiRouter<Arc<Toolbox>> {
         .merge(git::routes())
         .merge(system::routes())
         .merge(computeruse::routes())
+        .merge(stream::routes())
 }
 
 /// Builds the router of every toolbox route, and `GET /openapi.json` with their description.

@@ -36,6 +36,7 @@ use super::error::{ApiError, JsonBody, QueryParams};
 use super::state::{Toolbox, check_env_var};
 
 pub use socket::select_protocol;
+pub use terminal::session_members;
 
 /// Maximum number of PTY sessions at once, exited ones included.
 pub const MAX_PTYS: usize = 64;

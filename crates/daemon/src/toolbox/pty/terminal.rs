@@ -364,7 +364,7 @@ async fn read_master(master: &AsyncFd<OwnedFd>, buffer: &mut [u8]) -> Option<usi
 }
 
 /// Lists the processes whose session id is `sid`, from `/proc`.
-fn session_members(sid: i32) -> Vec<i32> {
+pub fn session_members(sid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
