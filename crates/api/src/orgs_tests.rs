@@ -1261,6 +1261,7 @@ async fn ssh_access_create_validate_revoke() {
 
     let revoked = send(&harness, "DELETE", &revoke, None, Some(KEY), &[]).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert_eq!(revoked.body["id"], id.as_str());
     let invalid = send(&harness, "GET", &validate, None, Some(KEY), &[]).await;
     assert_eq!(invalid.body, json!({"valid": false, "sandboxId": ""}));
     assert!(

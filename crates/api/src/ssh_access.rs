@@ -79,12 +79,17 @@ pub fn is_usable(record: &SshAccessRecord, now: OffsetDateTime) -> bool {
     record.expires_at > daytona_wire::rfc3339(now)
 }
 
+/// Returns whether `value` has the length and characters of a token.
+pub fn is_token_shaped(value: &str) -> bool {
+    value.len() == TOKEN_LENGTH && value.bytes().all(|byte| byte.is_ascii_alphanumeric())
+}
+
 /// Finds the usable token `token`; `None` when it is unknown, revoked or expired.
 pub async fn find_usable(
     store: &Store,
     token: &str,
 ) -> Result<Option<SshAccessRecord>, StoreError> {
-    if token.len() != TOKEN_LENGTH || !token.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
+    if !is_token_shaped(token) {
         return Ok(None);
     }
     let record = store.ssh_access_by_hash(&hash_key(token)).await?;
@@ -107,6 +112,9 @@ mod tests {
         assert_eq!(first.len(), TOKEN_LENGTH);
         assert!(first.bytes().all(|byte| byte.is_ascii_alphanumeric()));
         assert_ne!(first, second);
+        assert!(is_token_shaped(&first));
+        assert!(!is_token_shaped("short"));
+        assert!(!is_token_shaped(&format!("{}-", &first[1..])));
     }
 
     #[test]

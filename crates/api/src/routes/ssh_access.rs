@@ -3,7 +3,9 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use daytona_wire::ErrorBody;
+use daytona_wire::api::Sandbox;
 use daytona_wire::ssh::{SshAccess, SshAccessValidation};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -11,7 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::organizations::owned_sandbox;
-use crate::auth::{Caller, hash_key};
+use crate::auth::{Caller, ORGANIZATION_HEADER, hash_key};
+use crate::dto;
 use crate::error::ApiError;
 use crate::ssh_access;
 use crate::state::AppState;
@@ -79,25 +82,38 @@ async fn create_ssh_access(
 #[utoipa::path(delete, path = "/sandbox/{id}/ssh-access", tag = "sandbox",
     params(("id" = String, Path, description = "Sandbox id or name"),
         ("token" = Option<String>, Query, description = "The token to revoke; all of the sandbox's when left out")),
-    responses((status = 200, description = "Revoked"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The sandbox, which the generated clients read", body = Sandbox),
+        (status = 404, body = ErrorBody)))]
 async fn revoke_ssh_access(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<TokenQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Json<Sandbox>, ApiError> {
     let sandbox = owned_sandbox(&state, &caller, &id).await?;
-    let token_hash = query
+    let token = query
         .token
-        .as_deref()
         .filter(|token| !token.is_empty())
-        .map(hash_key);
+        .or_else(|| token_in_organization_header(&headers));
+    let token_hash = token.as_deref().map(hash_key);
     let revoked = state
         .store
         .revoke_ssh_access(&sandbox.id, token_hash.as_deref())
         .await?;
     tracing::info!(sandbox_id = %sandbox.id, revoked, "SSH access revoked");
-    Ok(Json(serde_json::json!({})))
+    Ok(Json(dto::sandbox(&state, &sandbox)))
+}
+
+/// Returns the token that the Python SDK (0.226.1) sends in place of an organization id.
+///
+/// NOTE: its `revoke_ssh_access(token)` passes the token as the generated client's second
+/// positional argument, which is the `X-Daytona-Organization-ID` header, so no `token` query
+/// parameter arrives. Without this, the call would revoke every token of the sandbox. The
+/// header means nothing else on this route, and only a value shaped like a token is taken.
+fn token_in_organization_header(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(ORGANIZATION_HEADER)?.to_str().ok()?;
+    ssh_access::is_token_shaped(value).then(|| value.to_owned())
 }
 
 /// `GET /sandbox/ssh-access/validate?token=T`: whether the token is valid (known, neither

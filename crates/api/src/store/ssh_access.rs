@@ -62,17 +62,30 @@ impl Store {
         sandbox_id: &str,
         token_hash: Option<&str>,
     ) -> Result<u64, StoreError> {
+        // Each placeholder appears once: SQLite numbers a repeated `$N` apart from the bound
+        // argument.
         let now = daytona_wire::now_rfc3339();
-        let result = sqlx::query(
-            "UPDATE ssh_access SET revoked_at = $1, updated_at = $1
-             WHERE sandbox_id = $2 AND revoked_at IS NULL AND ($3 IS NULL OR token_hash = $3)",
-        )
-        .bind(&now)
-        .bind(sandbox_id)
-        .bind(token_hash)
-        .execute(self.pool())
-        .await
-        .map_err(query_error("revoke ssh access"))?;
+        let query = match token_hash {
+            Some(token_hash) => sqlx::query(
+                "UPDATE ssh_access SET revoked_at = $1, updated_at = $2
+                 WHERE sandbox_id = $3 AND revoked_at IS NULL AND token_hash = $4",
+            )
+            .bind(now.clone())
+            .bind(now)
+            .bind(sandbox_id.to_owned())
+            .bind(token_hash.to_owned()),
+            None => sqlx::query(
+                "UPDATE ssh_access SET revoked_at = $1, updated_at = $2
+                 WHERE sandbox_id = $3 AND revoked_at IS NULL",
+            )
+            .bind(now.clone())
+            .bind(now)
+            .bind(sandbox_id.to_owned()),
+        };
+        let result = query
+            .execute(self.pool())
+            .await
+            .map_err(query_error("revoke ssh access"))?;
         Ok(result.rows_affected())
     }
 }
