@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use daytona_runner::{StreamReader, StreamWriter};
+use daytona_ssh::Streams;
 use daytona_wire::api::SandboxState;
 use daytona_wire::stream::StreamRequest;
 
-use crate::lifecycle::record_activity;
+use crate::lifecycle::hold_active;
 use crate::ssh_access;
 use crate::state::AppState;
 
@@ -57,11 +57,7 @@ impl daytona_ssh::Backend for Gateway {
         }
     }
 
-    async fn open(
-        &self,
-        sandbox_id: &str,
-        request: StreamRequest,
-    ) -> Result<(StreamReader, StreamWriter), String> {
+    async fn open(&self, sandbox_id: &str, request: StreamRequest) -> Result<Streams, String> {
         let sandbox = match self.state.store.sandbox_by_id(sandbox_id).await {
             Ok(Some(sandbox)) => sandbox,
             Ok(None) => return Err(format!("sandbox {sandbox_id} no longer exists")),
@@ -85,12 +81,18 @@ impl daytona_ssh::Backend for Gateway {
             .runner
             .toolbox_socket(sandbox_id)
             .map_err(|error| format!("sandbox {sandbox_id} cannot be reached: {error}"))?;
-        record_activity(&self.state, sandbox_id);
-        daytona_runner::open_process_stream(&socket, &request)
+        let (output, input) = daytona_runner::open_process_stream(&socket, &request)
             .await
             .map_err(|error| {
                 tracing::warn!(sandbox_id, error = %crate::error::error_chain(&error), "failed to open a process stream for SSH");
                 format!("failed to start the command in sandbox {sandbox_id}: {error}")
-            })
+            })?;
+        // An open SSH channel keeps the sandbox from being auto-stopped, like an open toolbox
+        // connection.
+        Ok(Streams {
+            output,
+            input,
+            hold: Box::new(hold_active(&self.state, sandbox_id)),
+        })
     }
 }

@@ -8,8 +8,8 @@ use daytona_wire::stream::{StreamRequest, TerminalRequest};
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 
-use crate::Backend;
 use crate::connection::SFTP_SUBSYSTEM;
+use crate::{Backend, Streams};
 
 /// The SFTP server that the `sftp` subsystem runs, from Debian's `openssh-sftp-server`.
 const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
@@ -29,7 +29,11 @@ pub async fn serve<B: Backend>(channel: Channel<Msg>, backend: Arc<B>, sandbox_i
     let Some(request) = read_request(&mut read).await else {
         return;
     };
-    let (output, input) = match backend.open(&sandbox_id, request).await {
+    let Streams {
+        output,
+        input,
+        hold: _hold,
+    } = match backend.open(&sandbox_id, request).await {
         Ok(streams) => streams,
         Err(message) => {
             let _ = write

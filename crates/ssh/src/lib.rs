@@ -39,7 +39,15 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         sandbox_id: &str,
         request: StreamRequest,
-    ) -> impl Future<Output = Result<(StreamReader, StreamWriter), String>> + Send;
+    ) -> impl Future<Output = Result<Streams, String>> + Send;
+}
+
+/// The streams of a command started for a channel.
+pub struct Streams {
+    pub output: StreamReader,
+    pub input: StreamWriter,
+    /// Dropped when the channel ends; the server uses it to keep the sandbox counted active.
+    pub hold: Box<dyn Send + Sync>,
 }
 
 /// Serves SSH on `listener` until `shutdown` completes.

@@ -227,6 +227,14 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Keeps a sandbox counted active until the returned value is dropped, as an open toolbox
+/// connection does; the SSH gateway holds one per channel.
+pub fn hold_active(state: &AppState, sandbox_id: &str) -> impl Send + Sync + 'static {
+    let connection = OpenConnection::new(state, sandbox_id);
+    connection.accepted.store(true, Ordering::Relaxed);
+    connection
+}
+
 /// Middleware of the toolbox proxy route: counts a request as activity of its sandbox, and
 /// keeps the sandbox active while the connection is open (until the response body ends, or,
 /// for a WebSocket upgrade, until the upgraded connection closes).
