@@ -18,8 +18,8 @@ pub const TOKEN_LENGTH: usize = 43;
 /// Lifetime of a token when the request sets none, as in Daytona.
 pub const DEFAULT_EXPIRES_IN_MINUTES: i64 = 60;
 
-/// Longest lifetime a token may be given: 30 days.
-// NOTE: Daytona documents no maximum; this bound keeps forgotten tokens from living forever.
+/// Maximum lifetime of a token: 30 days.
+// NOTE: this bound is this server's choice, which keeps forgotten tokens from living forever.
 pub const MAX_EXPIRES_IN_MINUTES: i64 = 30 * 24 * 60;
 
 /// Generates a new token.
@@ -96,7 +96,7 @@ pub async fn find_usable(
     Ok(record.filter(|record| is_usable(record, OffsetDateTime::now_utc())))
 }
 
-/// The `sshCommand` of a token: `ssh -p <port> <token>@<host>`.
+/// Formats the `sshCommand` of a token: `ssh -p <port> <token>@<host>`.
 pub fn ssh_command(host: &str, port: u16, token: &str) -> String {
     format!("ssh -p {port} {token}@{host}")
 }

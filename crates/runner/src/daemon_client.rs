@@ -165,7 +165,7 @@ pub async fn open_process_stream(
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
-/// What the command of a process stream sent.
+/// An event of a process stream's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
     Stdout(Bytes),

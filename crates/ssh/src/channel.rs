@@ -98,7 +98,8 @@ fn terminal_size(value: u32) -> u16 {
     u16::try_from(value).unwrap_or(80)
 }
 
-/// The variables OpenSSH's `AcceptEnv` lets through by default on Debian: the locale.
+/// Returns whether a client's variable is passed on: only the locale, as Debian's sshd_config
+/// accepts (`AcceptEnv LANG LC_*`).
 fn accepts_variable(name: &str) -> bool {
     name == "LANG" || name.starts_with("LC_")
 }

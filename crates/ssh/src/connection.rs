@@ -160,8 +160,8 @@ impl<B: Backend> russh::server::Handler for Connection<B> {
         Ok(())
     }
 
-    // The channel's task sees every request below too, and acts on it; these handlers only
-    // answer the client.
+    // The channel's task receives every request below too and acts on it. These handlers only
+    // reply to the client.
 
     async fn pty_request(
         &mut self,

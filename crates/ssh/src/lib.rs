@@ -27,14 +27,14 @@ pub use host_key::{HostKeyError, load_or_generate_host_key};
 /// How often the token of an open connection is checked again.
 pub const REVALIDATE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// What the gateway needs from the rest of the server.
+/// Token checks and command starts, which the rest of the server provides to the gateway.
 pub trait Backend: Send + Sync + 'static {
     /// Returns the id of the sandbox that `token` gives access to, or `None` when the token
     /// is unknown, expired or revoked, or its sandbox is gone.
     fn authorize(&self, token: &str) -> impl Future<Output = Option<String>> + Send;
 
-    /// Starts a command in the sandbox and returns its streams. The error is shown to the
-    /// SSH client, so it says what to do.
+    /// Starts a command in the sandbox and returns its streams. The SSH client shows the error
+    /// text, so the text tells the user what to do.
     fn open(
         &self,
         sandbox_id: &str,
@@ -64,7 +64,7 @@ pub async fn serve<B: Backend>(
         // OpenSSH clients start with "none", which is the method a valid token passes with.
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        // An idle shell stays open as long as the client answers keepalives.
+        // An idle shell stays open as long as the client replies to keepalives.
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,

@@ -4,7 +4,7 @@
 //!
 //! The client sends `POST /process/stream` with `Connection: upgrade`, `Upgrade:`
 //! [`UPGRADE_PROTOCOL`] and the [`StreamRequest`] as base64 (standard, padded) of its JSON in
-//! the [`REQUEST_HEADER`] header. The toolbox starts the command before it answers: 101 means
+//! the [`REQUEST_HEADER`] header. The toolbox starts the command before it responds: 101 means
 //! it runs, any other status carries Daytona's error body. After 101 both sides exchange
 //! frames: a tag byte, the payload length as a big-endian `u32`, then the payload.
 
@@ -22,7 +22,7 @@ pub const REQUEST_HEADER: &str = "x-daytona-stream-request";
 /// Largest payload of one frame, in bytes.
 pub const MAX_FRAME: usize = 1024 * 1024;
 
-/// What to run and how.
+/// The command of a stream and its standard streams.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamRequest {

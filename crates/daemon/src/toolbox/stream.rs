@@ -8,7 +8,7 @@
 //! group (or, on a terminal, its session) is killed.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +22,7 @@ use daytona_wire::stream::{
     parse_frame_header, tag,
 };
 use hyper_util::rt::TokioIo;
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-use nix::pty::{OpenptyResult, Winsize, openpty};
+use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
@@ -34,7 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::error::ApiError;
 use super::process::command::{CommandSpec, SessionMode, Workload, exit_code, launch_error_to_io};
-use super::pty::session_members;
+use super::pty::{open_pty, session_members, set_size, write_to};
 use super::state::{Toolbox, check_env_var};
 
 /// How long output is still read after the command exited, for processes it left behind that
@@ -47,7 +46,8 @@ const READ_CHUNK: usize = 32 * 1024;
 /// Largest number of columns or rows.
 const MAX_SIZE: u16 = 1000;
 
-/// The route stays out of the OpenAPI document: only the runner uses it.
+/// Returns the stream route, which stays out of the OpenAPI document because only the runner
+/// uses it.
 pub fn routes() -> OpenApiRouter<Arc<Toolbox>> {
     OpenApiRouter::new().route(daytona_wire::stream::PATH, axum::routing::post(stream))
 }
@@ -193,21 +193,7 @@ async fn start_on_terminal(
     spec: &CommandSpec,
     terminal: &TerminalRequest,
 ) -> io::Result<Process> {
-    let winsize = Winsize {
-        ws_row: terminal.rows,
-        ws_col: terminal.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let OpenptyResult { master, slave } = openpty(Some(&winsize), None)?;
-    fcntl(&master, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    fcntl(&slave, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    let flags = OFlag::from_bits_retain(fcntl(&master, FcntlArg::F_GETFL)?);
-    fcntl(&master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    // The terminal belongs to the user who works in it, as login(1) arranges.
-    if let Some((uid, _)) = toolbox.file_owner {
-        std::os::unix::fs::fchown(&slave, Some(uid), None)?;
-    }
+    let (master, slave) = open_pty(toolbox, terminal.cols, terminal.rows)?;
 
     let mut request = toolbox.launcher.request(spec);
     request.session = SessionMode::NewSession;
@@ -320,13 +306,13 @@ impl Process {
     }
 }
 
-/// A receiver at end of file, left in place of a pipe handed to a pump.
+/// Returns a receiver at end of file, left in place of a pipe handed to a pump.
 fn empty_receiver() -> pipe::Receiver {
     let (read, _write) = pipe_pair().expect("creating a pipe fails only without descriptors");
     pipe::Receiver::from_owned_fd(read).expect("a new pipe's read end is a pipe")
 }
 
-/// Where the client's input goes.
+/// Destination of the client's input.
 enum Input {
     Pipe(Option<pipe::Sender>),
     Terminal(Arc<AsyncFd<OwnedFd>>),
@@ -349,14 +335,14 @@ async fn read_input<R: AsyncRead + Unpin>(reader: &mut R, mut input: Input) {
                 }
             }
             (tag::STDIN, Input::Terminal(master)) => {
-                let _ = write_terminal(master, &buffer).await;
+                let _ = write_to(master, &buffer).await;
             }
             (tag::STDIN_EOF, Input::Pipe(stdin)) => *stdin = None,
             (tag::RESIZE, Input::Terminal(master)) => {
                 if let [c1, c2, r1, r2] = buffer[..] {
                     let cols = u16::from_be_bytes([c1, c2]).clamp(1, MAX_SIZE);
                     let rows = u16::from_be_bytes([r1, r2]).clamp(1, MAX_SIZE);
-                    let _ = resize_terminal(master, cols, rows);
+                    let _ = set_size(master, cols, rows);
                 }
             }
             // Input after end of input, end of input on a terminal and resizing pipes have no
@@ -429,39 +415,4 @@ async fn pump_terminal(master: Arc<AsyncFd<OwnedFd>>, frames: mpsc::Sender<(u8, 
             return;
         }
     }
-}
-
-async fn write_terminal(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let written = master
-            .async_io(Interest::WRITABLE, |fd| {
-                nix::unistd::write(fd, data).map_err(io::Error::from)
-            })
-            .await?;
-        data = &data[written..];
-    }
-    Ok(())
-}
-
-/// Changes the terminal's size; the kernel sends SIGWINCH to its foreground processes.
-fn resize_terminal(master: &AsyncFd<OwnedFd>, cols: u16, rows: u16) -> io::Result<()> {
-    let winsize = Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points to a live value, and
-    // the descriptor stays open while `master` is borrowed.
-    let result = unsafe {
-        libc::ioctl(
-            master.get_ref().as_fd().as_raw_fd(),
-            libc::TIOCSWINSZ,
-            &winsize,
-        )
-    };
-    if result == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

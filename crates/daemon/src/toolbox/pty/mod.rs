@@ -36,7 +36,7 @@ use super::error::{ApiError, JsonBody, QueryParams};
 use super::state::{Toolbox, check_env_var};
 
 pub use socket::select_protocol;
-pub use terminal::session_members;
+pub use terminal::{open_pty, session_members, set_size, write_to};
 
 /// Maximum number of PTY sessions at once, exited ones included.
 pub const MAX_PTYS: usize = 64;

@@ -172,21 +172,7 @@ impl Terminal {
                 "no shell found: the image has neither bash nor sh",
             )
         })?;
-        let winsize = Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let OpenptyResult { master, slave } = openpty(Some(&winsize), None)?;
-        fcntl(&master, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-        fcntl(&slave, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-        let flags = OFlag::from_bits_retain(fcntl(&master, FcntlArg::F_GETFL)?);
-        fcntl(&master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        // The terminal belongs to the user who works in it, as login(1) arranges.
-        if let Some((uid, _)) = toolbox.file_owner {
-            std::os::unix::fs::fchown(&slave, Some(uid), None)?;
-        }
+        let (master, slave) = open_pty(toolbox, cols, rows)?;
 
         let mut env = toolbox.command_env(None).map_err(|error| {
             io::Error::new(io::ErrorKind::InvalidInput, error.message().to_owned())
@@ -292,44 +278,19 @@ impl Terminal {
     }
 
     /// Writes a client's keystrokes to the terminal.
-    pub async fn write(&self, mut data: &[u8]) -> io::Result<()> {
+    pub async fn write(&self, data: &[u8]) -> io::Result<()> {
         let master = match &self.inner().phase {
             Phase::Running { master, .. } => Arc::clone(master),
             _ => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
         };
-        while !data.is_empty() {
-            let written = master
-                .async_io(Interest::WRITABLE, |fd| {
-                    nix::unistd::write(fd, data).map_err(io::Error::from)
-                })
-                .await?;
-            data = &data[written..];
-        }
-        Ok(())
+        write_to(&master, data).await
     }
 
     /// Changes the terminal's size; the kernel sends SIGWINCH to its foreground processes.
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
         let mut inner = self.inner();
         if let Phase::Running { master, .. } = &inner.phase {
-            let winsize = Winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points to a live
-            // value, and the descriptor stays open while `master` is borrowed.
-            let result = unsafe {
-                libc::ioctl(
-                    master.get_ref().as_fd().as_raw_fd(),
-                    libc::TIOCSWINSZ,
-                    &winsize,
-                )
-            };
-            if result == -1 {
-                return Err(io::Error::last_os_error());
-            }
+            set_size(master, cols, rows)?;
         }
         inner.cols = cols;
         inner.rows = rows;
@@ -347,6 +308,63 @@ impl Terminal {
         }
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
+}
+
+/// Opens a pseudo-terminal of the given size for the sandbox user: the master side
+/// non-blocking, both sides close-on-exec.
+pub fn open_pty(toolbox: &Toolbox, cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let winsize = Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let OpenptyResult { master, slave } = openpty(Some(&winsize), None)?;
+    fcntl(&master, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    fcntl(&slave, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    let flags = OFlag::from_bits_retain(fcntl(&master, FcntlArg::F_GETFL)?);
+    fcntl(&master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // The terminal belongs to the user who works in it, as login(1) arranges.
+    if let Some((uid, _)) = toolbox.file_owner {
+        std::os::unix::fs::fchown(&slave, Some(uid), None)?;
+    }
+    Ok((master, slave))
+}
+
+/// Writes all of `data` to a terminal's master side.
+pub async fn write_to(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let written = master
+            .async_io(Interest::WRITABLE, |fd| {
+                nix::unistd::write(fd, data).map_err(io::Error::from)
+            })
+            .await?;
+        data = &data[written..];
+    }
+    Ok(())
+}
+
+/// Changes a terminal's size; the kernel sends SIGWINCH to its foreground processes.
+pub fn set_size(master: &AsyncFd<OwnedFd>, cols: u16, rows: u16) -> io::Result<()> {
+    let winsize = Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points to a live value, and
+    // the descriptor stays open while `master` is borrowed.
+    let result = unsafe {
+        libc::ioctl(
+            master.get_ref().as_fd().as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &winsize,
+        )
+    };
+    if result == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads the terminal's pending output. Returns `None` at its end, which is EIO once no
