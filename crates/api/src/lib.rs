@@ -24,6 +24,7 @@ mod telemetry;
 pub use config::{
     LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
 };
+pub use daytona_runner::network;
 pub use server::run;
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         warm_pool_size: 0,
         hang_start_file: lifecycle.hang_start_file.clone(),
         uid_slot_registry: None,
+        network: None,
     })
     .await
     .unwrap();
@@ -86,6 +87,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         organization_limits: Default::default(),
         metrics_interval: std::time::Duration::from_secs(10),
         object_storage: ObjectStorageConfig::embedded(dir.path(), "127.0.0.1:0".parse().unwrap()),
+        network: None,
     };
     let object_storage = ObjectStorage::open_embedded(EmbeddedConfig {
         data_dir: dir.path().to_owned(),

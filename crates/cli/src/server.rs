@@ -42,6 +42,9 @@ pub struct ServerArgs {
     #[arg(long, env = "DAYTONA_WARM_POOL_SIZE", default_value_t = 2)]
     warm_pool_size: usize,
 
+    #[command(flatten)]
+    network: crate::network::NetworkArgs,
+
     /// Seconds a sandbox may stay creating, starting or stopping; after that it goes to
     /// the error state, which frees its CPU and memory.
     #[arg(long, env = "DAYTONA_TRANSITION_TIMEOUT", default_value_t = 60, value_name = "SECONDS",
@@ -294,6 +297,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             .map(|url| url.trim_end_matches('/').to_owned()),
         external,
     };
+    let network = args.network.config(&data_dir)?;
     let config = ServerConfig {
         data_dir,
         image_cache_dir,
@@ -317,6 +321,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         metrics_interval: Duration::from_secs(args.metrics_interval),
         object_storage,
+        network,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
