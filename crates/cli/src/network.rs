@@ -25,7 +25,12 @@ pub enum UplinkKind {
 #[derive(Debug, Args)]
 pub struct NetworkArgs {
     /// Where sandboxes' egress leaves.
-    #[arg(long, env = "DAYTONA_NETWORK_UPLINK", value_enum, default_value = "pasta")]
+    #[arg(
+        long,
+        env = "DAYTONA_NETWORK_UPLINK",
+        value_enum,
+        default_value = "pasta"
+    )]
     network_uplink: UplinkKind,
 
     /// With --network-uplink veth: the network namespace file (such as /run/netns/NAME)
@@ -44,7 +49,12 @@ pub struct NetworkArgs {
 
     /// Subnet of the sandboxes' addresses (a /31 each) and their resolver; it must not
     /// overlap the networks reached through the uplink.
-    #[arg(long, env = "DAYTONA_SANDBOX_SUBNET", default_value = "100.96.0.0/16", value_name = "CIDR")]
+    #[arg(
+        long,
+        env = "DAYTONA_SANDBOX_SUBNET",
+        default_value = "100.96.0.0/16",
+        value_name = "CIDR"
+    )]
     sandbox_subnet: String,
 
     /// Name server that the sandboxes' resolver forwards allowed queries to, as ADDRESS or
@@ -119,7 +129,9 @@ fn parse_upstream(text: &str) -> anyhow::Result<SocketAddr> {
         return Ok(address);
     }
     let address: IpAddr = text.parse().with_context(|| {
-        format!("invalid --dns-upstream {text:?}: use an address such as 192.0.2.53 or 192.0.2.53:53")
+        format!(
+            "invalid --dns-upstream {text:?}: use an address such as 192.0.2.53 or 192.0.2.53:53"
+        )
     })?;
     Ok(SocketAddr::new(address, 53))
 }

@@ -211,8 +211,17 @@ fn init_logging(
         .with_context(|| format!("failed to create {}", logs.display()))?;
     let (file_writer, guard) =
         tracing_appender::non_blocking(tracing_appender::rolling::never(&logs, "server.log"));
-    let filter =
-        || EnvFilter::try_from_env("DAYTONA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // netlink-packet-route warns about every interface attribute newer than itself, which
+    // current kernels send on each link lookup.
+    let filter = || {
+        EnvFilter::try_from_env("DAYTONA_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .add_directive(
+                "netlink_packet_route=error"
+                    .parse()
+                    .expect("valid directive"),
+            )
+    };
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

@@ -101,12 +101,12 @@ pub enum RunnerError {
     Network {
         sandbox_id: String,
         #[source]
-        source: NetworkError,
+        source: Box<NetworkError>,
     },
     #[error("failed to set up sandbox networking")]
     NetworkSetup {
         #[source]
-        source: NetworkError,
+        source: Box<NetworkError>,
     },
     #[error("no free sandbox network address ({count} sandboxes have one)")]
     NoFreeAddress { count: usize },
@@ -238,9 +238,11 @@ impl Runner {
         }
         let running = runner.load_existing().await;
         if let Some(network) = runner.config.network.clone() {
-            let network = Network::open(network, &running)
-                .await
-                .map_err(|source| RunnerError::NetworkSetup { source })?;
+            let network = Network::open(network, &running).await.map_err(|source| {
+                RunnerError::NetworkSetup {
+                    source: Box::new(source),
+                }
+            })?;
             runner.network = Some(network);
         }
         Ok(runner)
@@ -476,7 +478,7 @@ impl Runner {
             self.runtime.release_cgroup(sandbox_id);
             return Err(RunnerError::Network {
                 sandbox_id: sandbox_id.to_owned(),
-                source,
+                source: Box::new(source),
             });
         }
         record.process = Some(process);
@@ -554,7 +556,7 @@ impl Runner {
                 .await
                 .map_err(|source| RunnerError::Network {
                     sandbox_id: record.sandbox_id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
@@ -582,7 +584,8 @@ impl Runner {
         let mut in_use = false;
         for instance in instances {
             let record = instance.record.lock().await;
-            if record.network.is_some() && self.runtime_state(&record) == SandboxRuntimeState::Running
+            if record.network.is_some()
+                && self.runtime_state(&record) == SandboxRuntimeState::Running
             {
                 in_use = true;
             }

@@ -37,7 +37,10 @@ impl FakeSandbox {
         let path = format!("/proc/{}/ns/net", child.id());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::fs::read_link(&path).ok().as_ref() == Some(&own) {
-            assert!(std::time::Instant::now() < deadline, "unshare did not enter a namespace");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare did not enter a namespace"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Self(child)
@@ -102,27 +105,35 @@ async fn attach_detach_and_teardown() {
     let _guard = HubGuard(config.state_dir.clone());
     let hub = config.hub_path();
     let network = Network::open(config, &[]).await.expect("the hub opens");
-    assert_eq!(in_hub(&hub, &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    assert_eq!(
+        in_hub(&hub, &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
 
     let sandbox = FakeSandbox::start();
     let attached = SandboxNetwork {
         index: 3,
         policy: EgressPolicy::parse(false, Some("198.51.100.0/24"), None).unwrap(),
     };
-    network.attach(&attached, sandbox.pid()).await.expect("attach");
+    network
+        .attach(&attached, sandbox.pid())
+        .await
+        .expect("attach");
 
     let inside = sandbox.run(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
     assert!(inside.contains("100.96.0.7/31"), "{inside}");
     let routes = sandbox.run(&["ip", "-4", "route", "show", "default"]);
     assert!(routes.contains("via 100.96.0.6"), "{routes}");
     let hub_links = in_hub(&hub, &["ip", "-o", "-4", "addr", "show"]);
-    assert!(hub_links.contains("dh3") && hub_links.contains("100.96.0.6/31"), "{hub_links}");
+    assert!(
+        hub_links.contains("dh3") && hub_links.contains("100.96.0.6/31"),
+        "{hub_links}"
+    );
     assert!(hub_links.contains("100.96.0.1/32"), "{hub_links}");
     let rules = in_hub(&hub, &["nft", "list", "table", "inet", "daytona"]);
     assert!(rules.contains("\"dh3\" : jump sb3"), "{rules}");
     assert!(rules.contains("198.51.100.0/24"), "{rules}");
-    // The sandbox reaches its gateway's resolver address only through the hub's rules;
-    // the host's own namespace got no interface.
+    // The host's own namespace gets no interface.
     let host_links = Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&host_links.stdout).contains("dh3"));
 

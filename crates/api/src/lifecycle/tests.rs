@@ -303,13 +303,27 @@ async fn network_settings_stored_and_validated() {
     assert_eq!(body["domainAllowList"], "*.example.com");
     assert_eq!(body["networkBlockAll"], false);
 
-    let (status, body) = call(&harness, "POST", &path, Some(json!({"networkBlockAll": true})), Some(KEY)).await;
+    let (status, body) = call(
+        &harness,
+        "POST",
+        &path,
+        Some(json!({"networkBlockAll": true})),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["networkBlockAll"], true);
     assert_eq!(body["networkAllowList"], "198.51.100.0/24");
 
     // `networkBlockAll: false` alone restores open egress, as the SDK documents.
-    let (status, body) = call(&harness, "POST", &path, Some(json!({"networkBlockAll": false})), Some(KEY)).await;
+    let (status, body) = call(
+        &harness,
+        "POST",
+        &path,
+        Some(json!({"networkBlockAll": false})),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["networkBlockAll"], false);
     assert!(body["networkAllowList"].is_null(), "{body}");
@@ -323,10 +337,19 @@ async fn network_settings_stored_and_validated() {
         let (status, body) = call(&harness, "POST", &path, Some(invalid), Some(KEY)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_error(&body, status, "BAD_REQUEST", &path);
-        assert!(body["message"].as_str().unwrap().contains("invalid"), "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("invalid"),
+            "{body}"
+        );
     }
     // A rejected change leaves the stored settings as they were.
-    let stored = harness.state.store.sandbox_by_id(&record.id).await.unwrap().unwrap();
+    let stored = harness
+        .state
+        .store
+        .sandbox_by_id(&record.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(stored.network_allow_list.is_none());
 }
 

@@ -73,8 +73,14 @@ mod tests {
         let addressing = Addressing::new("100.96.0.0/16".parse().unwrap()).unwrap();
         assert_eq!(addressing.resolver(), Ipv4Addr::new(100, 96, 0, 1));
         assert_eq!(addressing.hub_address(1), Ipv4Addr::new(100, 96, 0, 2));
-        assert_eq!(addressing.sandbox_address(200), Ipv4Addr::new(100, 96, 1, 145));
-        assert_eq!(addressing.index_of(Ipv4Addr::new(100, 96, 1, 145)), Some(200));
+        assert_eq!(
+            addressing.sandbox_address(200),
+            Ipv4Addr::new(100, 96, 1, 145)
+        );
+        assert_eq!(
+            addressing.index_of(Ipv4Addr::new(100, 96, 1, 145)),
+            Some(200)
+        );
         assert_eq!(addressing.index_of(Ipv4Addr::new(100, 96, 0, 1)), None);
         assert_eq!(addressing.index_of(Ipv4Addr::new(100, 96, 0, 2)), None);
         assert_eq!(addressing.max_index(), 32767);

@@ -89,7 +89,12 @@ impl Resolver {
         let Some(index) = self.addressing.index_of(*client_v4.ip()) else {
             return Some(error_reply(query, RCODE_REFUSED));
         };
-        let policy = self.policies.lock().expect("policies lock").get(&index).cloned();
+        let policy = self
+            .policies
+            .lock()
+            .expect("policies lock")
+            .get(&index)
+            .cloned();
         let Some(policy) = policy.filter(|policy| policy.resolves(&name)) else {
             return Some(error_reply(query, RCODE_REFUSED));
         };
@@ -170,7 +175,8 @@ fn read_name(message: &[u8], mut offset: usize) -> Option<(String, usize)> {
                 return Some((name, end.unwrap_or(offset + 1)));
             }
             l if l & 0xc0 == 0xc0 => {
-                let pointer = usize::from(u16::from_be_bytes([l & 0x3f, *message.get(offset + 1)?]));
+                let pointer =
+                    usize::from(u16::from_be_bytes([l & 0x3f, *message.get(offset + 1)?]));
                 end.get_or_insert(offset + 2);
                 offset = pointer;
             }
@@ -189,7 +195,10 @@ fn read_name(message: &[u8], mut offset: usize) -> Option<(String, usize)> {
 pub fn answer_addresses(message: &[u8]) -> Vec<Ipv4Addr> {
     let mut addresses = Vec::new();
     let count = |at: usize| -> Option<u16> {
-        Some(u16::from_be_bytes([*message.get(at)?, *message.get(at + 1)?]))
+        Some(u16::from_be_bytes([
+            *message.get(at)?,
+            *message.get(at + 1)?,
+        ]))
     };
     let (Some(questions), Some(answers)) = (count(4), count(6)) else {
         return addresses;
@@ -254,7 +263,10 @@ mod tests {
 
     #[test]
     fn question_name_read() {
-        assert_eq!(question_name(&query("Allowed.Test")).as_deref(), Some("allowed.test"));
+        assert_eq!(
+            question_name(&query("Allowed.Test")).as_deref(),
+            Some("allowed.test")
+        );
         assert_eq!(question_name(&[0; 5]), None);
     }
 
@@ -270,7 +282,10 @@ mod tests {
         }
         assert_eq!(
             answer_addresses(&reply),
-            vec![Ipv4Addr::new(198, 51, 100, 10), Ipv4Addr::new(198, 51, 100, 11)]
+            vec![
+                Ipv4Addr::new(198, 51, 100, 10),
+                Ipv4Addr::new(198, 51, 100, 11)
+            ]
         );
     }
 

@@ -26,8 +26,8 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
-    #[error("nft rejected the rules for {what}: {stderr}")]
-    Rejected { what: String, stderr: String },
+    #[error("nft rejected the rules for {target}: {stderr}")]
+    Rejected { target: String, stderr: String },
 }
 
 /// The ruleset of one hub namespace.
@@ -42,7 +42,12 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    pub fn new(hub: &Path, uplink: &str, addressing: Addressing, host_addresses: &[Ipv4Addr]) -> Self {
+    pub fn new(
+        hub: &Path,
+        uplink: &str,
+        addressing: Addressing,
+        host_addresses: &[Ipv4Addr],
+    ) -> Self {
         let mut blocked: Vec<Ipv4Cidr> = [
             "0.0.0.0/8",
             "127.0.0.0/8",
@@ -192,7 +197,7 @@ impl Firewall {
         script
     }
 
-    async fn run(&self, what: &str, script: &str) -> Result<(), FirewallError> {
+    async fn run(&self, target: &str, script: &str) -> Result<(), FirewallError> {
         let spawn_error = |source| FirewallError::Spawn {
             hub: self.hub.clone(),
             source,
@@ -217,7 +222,7 @@ impl Firewall {
             return Ok(());
         }
         Err(FirewallError::Rejected {
-            what: what.to_owned(),
+            target: target.to_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }

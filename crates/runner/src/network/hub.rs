@@ -21,7 +21,7 @@ pub const UPLINK_INTERFACE: &str = "uplink0";
 /// Name of the uplink veth's end in the namespace given with [`Uplink::Veth`].
 pub const UPLINK_PEER_INTERFACE: &str = "daytona-uplink";
 
-/// Where the hub's traffic leaves.
+/// The path by which the hub's traffic leaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Uplink {
     /// No egress at all: policies are enforced, but nothing leaves the hub.
@@ -71,11 +71,11 @@ pub enum HubError {
 pub fn is_namespace_mount(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     nix::sys::statfs::statfs(path)
-        .map(|stat| stat.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|stat| stat.filesystem_type().0 == NSFS_MAGIC)
         .unwrap_or(false)
 }
 
-/// Creates a new network namespace and binds it to `path`, unless `path` holds one already.
+/// Creates a new network namespace and binds it to `path`, unless `path` is one already.
 /// Returns whether it was created.
 pub async fn create_or_open(path: &Path) -> Result<bool, HubError> {
     if is_namespace_mount(path) {
@@ -119,7 +119,7 @@ pub async fn create_or_open(path: &Path) -> Result<bool, HubError> {
 }
 
 /// Unmounts and removes the hub's namespace file. The namespace, its interfaces and a pasta
-/// attached to it go away once nothing else holds it.
+/// attached to it go away once nothing else references it.
 pub fn remove(path: &Path) -> io::Result<()> {
     if is_namespace_mount(path) {
         nix::mount::umount2(path, MntFlags::MNT_DETACH)?;
@@ -143,7 +143,11 @@ async fn sysctl(hub: &Path, key: &str, value: &str) -> Result<(), HubError> {
 }
 
 /// Configures the hub: loopback with the resolver's address, forwarding, and the uplink.
-pub async fn configure(hub: &Path, addressing: &Addressing, uplink: &Uplink) -> Result<(), HubError> {
+pub async fn configure(
+    hub: &Path,
+    addressing: &Addressing,
+    uplink: &Uplink,
+) -> Result<(), HubError> {
     let handle = link::connect(hub).await?;
     link::up(&handle, "lo").await?;
     link::add_address(&handle, "lo", addressing.resolver(), 32).await?;
@@ -168,11 +172,21 @@ pub async fn configure(hub: &Path, addressing: &Addressing, uplink: &Uplink) -> 
                 UPLINK_PEER_INTERFACE,
             )
             .await?;
-            link::add_address(&peer, UPLINK_PEER_INTERFACE, *peer_address, hub_address.prefix_len)
-                .await?;
+            link::add_address(
+                &peer,
+                UPLINK_PEER_INTERFACE,
+                *peer_address,
+                hub_address.prefix_len,
+            )
+            .await?;
             link::up(&peer, UPLINK_PEER_INTERFACE).await?;
-            link::add_address(&handle, UPLINK_INTERFACE, hub_address.address, hub_address.prefix_len)
-                .await?;
+            link::add_address(
+                &handle,
+                UPLINK_INTERFACE,
+                hub_address.address,
+                hub_address.prefix_len,
+            )
+            .await?;
             link::up(&handle, UPLINK_INTERFACE).await?;
             link::default_route(&handle, *peer_address).await?;
             Ok(())
@@ -189,8 +203,18 @@ pub async fn configure(hub: &Path, addressing: &Addressing, uplink: &Uplink) -> 
 /// Starts pasta on the hub. It forks into the background, leaves when the hub's namespace
 /// file is removed, and forwards no port in either direction.
 async fn start_pasta(hub: &Path, dns_address: Ipv4Addr) -> Result<(), HubError> {
+    // NOTE: started as root, pasta would switch to `nobody`, which cannot open the hub's
+    // namespace file under a data directory of mode 0700; `--runas 0` keeps root, and pasta
+    // still confines itself (its own namespaces, seccomp filter, capabilities dropped).
     let output = tokio::process::Command::new("pasta")
-        .args(["--config-net", "--ipv4-only", "--no-map-gw", "--quiet"])
+        .args([
+            "--config-net",
+            "--ipv4-only",
+            "--no-map-gw",
+            "--quiet",
+            "--runas",
+            "0",
+        ])
         .args(["-I", UPLINK_INTERFACE])
         .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
         .arg("--dns-forward")

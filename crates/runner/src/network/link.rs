@@ -8,9 +8,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
 use nix::sched::CloneFlags;
 use rtnetlink::Handle;
-use netlink_packet_route::address::AddressAttribute;
 
 /// Errors of configuring interfaces.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum LinkError {
     Netlink {
         operation: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("interface {name} not found")]
     Missing { name: String },
@@ -51,7 +51,9 @@ where
         let _ = sender.send(result);
     });
     let result = receiver.await.unwrap_or_else(|_| {
-        Err(io::Error::other("the namespace thread ended without a result"))
+        Err(io::Error::other(
+            "the namespace thread ended without a result",
+        ))
     });
     result.map_err(|source| LinkError::Enter {
         path: path.to_owned(),
@@ -72,7 +74,10 @@ pub async fn connect(path: &Path) -> Result<Handle, LinkError> {
 
 fn netlink(operation: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     let operation = operation.into();
-    move |source| LinkError::Netlink { operation, source }
+    move |source| LinkError::Netlink {
+        operation,
+        source: Box::new(source),
+    }
 }
 
 /// The index of interface `name`, or `None` when it does not exist.
@@ -81,10 +86,8 @@ pub async fn find(handle: &Handle, name: &str) -> Result<Option<u32>, LinkError>
     match links.try_next().await {
         Ok(Some(link)) => Ok(Some(link.header.index)),
         Ok(None) => Ok(None),
-        // The kernel answers ENODEV for a name that does not exist.
-        Err(rtnetlink::Error::NetlinkError(message))
-            if message.raw_code() == -libc::ENODEV =>
-        {
+        // The kernel returns ENODEV for a name that does not exist.
+        Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -libc::ENODEV => {
             Ok(None)
         }
         Err(source) => Err(netlink(format!("get interface {name}"))(source)),
@@ -212,10 +215,11 @@ pub async fn veth_into(
 
 /// The IPv4 addresses of every interface in the caller's own namespace.
 pub async fn local_addresses() -> Result<Vec<Ipv4Addr>, LinkError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| LinkError::Enter {
-        path: PathBuf::from("/proc/self/ns/net"),
-        source,
-    })?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|source| LinkError::Enter {
+            path: PathBuf::from("/proc/self/ns/net"),
+            source,
+        })?;
     let connection = tokio::spawn(connection);
     let mut messages = handle.address().get().execute();
     let mut addresses = Vec::new();

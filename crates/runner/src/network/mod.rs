@@ -45,13 +45,13 @@ pub struct NetworkConfig {
 }
 
 impl NetworkConfig {
-    /// Path of the bind mount that holds the hub namespace.
+    /// Path of the bind mount that keeps the hub namespace alive.
     pub fn hub_path(&self) -> PathBuf {
         self.state_dir.join("hub")
     }
 }
 
-/// What the runner records about a sandbox's network, in its runtime record.
+/// A sandbox's network index and policy, kept in its runtime record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SandboxNetwork {
@@ -152,11 +152,7 @@ impl Network {
 
     /// Gives the sandbox whose PID 1 is `pid` its interface, with `policy` in force before
     /// the interface exists. On failure nothing of it is left.
-    pub async fn attach(
-        &self,
-        network: &SandboxNetwork,
-        pid: i32,
-    ) -> Result<(), NetworkError> {
+    pub async fn attach(&self, network: &SandboxNetwork, pid: i32) -> Result<(), NetworkError> {
         let attached = self.try_attach(network, pid).await;
         if attached.is_err() {
             self.detach(network.index).await;
@@ -195,8 +191,8 @@ impl Network {
 
     /// Installs a sandbox's policy, or replaces the one in force.
     pub async fn set_policy(&self, network: &SandboxNetwork) -> Result<(), NetworkError> {
-        // The resolver stops answering names the new policy does not list before the rules
-        // change, so that it adds no address under the old policy afterwards.
+        // The resolver switches to the new policy before the rules change, so that it adds no
+        // address under the old policy afterwards.
         self.policies
             .lock()
             .expect("policies lock")

@@ -153,8 +153,8 @@ impl From<DomainRule> for String {
     }
 }
 
-/// What a sandbox may reach. Link-local, host and other sandboxes' addresses stay blocked
-/// whatever the policy says.
+/// The egress a sandbox is allowed. Link-local, host and other sandboxes' addresses stay
+/// blocked whatever the policy contains.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressPolicy {
@@ -162,7 +162,7 @@ pub struct EgressPolicy {
     pub block_all: bool,
     /// Networks the sandbox may reach; with `domains`, the union of both is reachable.
     pub cidrs: Vec<Ipv4Cidr>,
-    /// Names the resolver answers; the addresses it answers with become reachable. Empty
+    /// Names the resolver resolves; the addresses in its replies become reachable. Empty
     /// means every name resolves.
     pub domains: Vec<DomainRule>,
 }
@@ -189,7 +189,7 @@ impl EgressPolicy {
         !self.block_all && self.cidrs.is_empty() && self.domains.is_empty()
     }
 
-    /// Whether the resolver answers a query for `name`.
+    /// Whether the resolver forwards a query for `name` instead of refusing it.
     pub fn resolves(&self, name: &str) -> bool {
         !self.block_all
             && (self.domains.is_empty() || self.domains.iter().any(|rule| rule.matches(name)))
@@ -238,7 +238,14 @@ mod tests {
 
     #[test]
     fn cidr_rejects_invalid() {
-        for bad in ["", "10.0.0.0/33", "10.0.0/8", "::1/128", "example.com", "10.0.0.0/"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::1/128",
+            "example.com",
+            "10.0.0.0/",
+        ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad:?} accepted");
         }
     }

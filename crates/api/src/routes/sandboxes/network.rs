@@ -110,7 +110,10 @@ pub async fn update_network_settings(
             .await
             .map_err(|error| {
                 ApiError::internal(
-                    format!("failed to change the network settings of sandbox {}", record.id),
+                    format!(
+                        "failed to change the network settings of sandbox {}",
+                        record.id
+                    ),
                     error,
                 )
             })?;
