@@ -231,6 +231,10 @@ def test_cidr_allow_list(client):
         assert connects(sandbox, WEB_ALLOWED)
         assert not connects(sandbox, WEB_DENIED)
         assert not connects(sandbox, WEB_OTHER)
+        # Without a domain list every name resolves, but a resolved address outside the
+        # CIDR list stays blocked.
+        assert resolves(sandbox, "denied.test") == WEB_DENIED
+        assert not connects(sandbox, WEB_DENIED)
     finally:
         client.delete(sandbox)
 

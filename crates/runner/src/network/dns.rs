@@ -106,7 +106,9 @@ impl Resolver {
                 return Some(error_reply(query, RCODE_SERVFAIL));
             }
         };
-        if !policy.is_open() {
+        // Answers open the firewall only for a domain allow list: with a CIDR list alone every
+        // name resolves, but only the listed networks are reachable.
+        if policy.opens_resolved_addresses() {
             let addresses = answer_addresses(&reply);
             // The addresses must be reachable before the sandbox sees them, or its first
             // connection races the rule.

@@ -195,6 +195,12 @@ impl EgressPolicy {
             && (self.domains.is_empty() || self.domains.iter().any(|rule| rule.matches(name)))
     }
 
+    /// Whether the addresses in the resolver's answers become reachable: only under a domain
+    /// allow list, because otherwise every name resolves.
+    pub fn opens_resolved_addresses(&self) -> bool {
+        !self.block_all && !self.domains.is_empty()
+    }
+
     /// A policy that allows nothing, in force until a sandbox is configured.
     pub fn deny() -> Self {
         Self {
@@ -284,5 +290,9 @@ mod tests {
         assert!(EgressPolicy::parse(false, Some("nope"), None).is_err());
         assert!(EgressPolicy::parse(false, None, None).unwrap().is_open());
         assert!(!EgressPolicy::deny().resolves("a.test"));
+        let cidr_only = EgressPolicy::parse(false, Some("10.0.0.0/8"), None).unwrap();
+        assert!(cidr_only.resolves("any.test"));
+        assert!(!cidr_only.opens_resolved_addresses());
+        assert!(policy.opens_resolved_addresses());
     }
 }
