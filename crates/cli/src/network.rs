@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use daytona_api::network::{Addressing, Ipv4Cidr, NetworkConfig, Uplink, first_nameserver};
 
-/// Where the sandboxes' egress leaves the runner's hub namespace.
+/// The path by which the sandboxes' egress leaves the runner's hub namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UplinkKind {
     /// Through `pasta` (Debian's passt package): the host's sockets, without changing the
@@ -24,7 +24,7 @@ pub enum UplinkKind {
 
 #[derive(Debug, Args)]
 pub struct NetworkArgs {
-    /// Where sandboxes' egress leaves.
+    /// The path by which sandboxes' egress leaves the host.
     #[arg(
         long,
         env = "DAYTONA_NETWORK_UPLINK",
