@@ -9,7 +9,8 @@ Measures, on the default snapshot's root filesystem:
       `sandbox.process.exec("true")`;
 
 and as baselines, `bwrap` and `crun` running `/bin/true` on the same root filesystem. Prints the
-median and p95 of each, and the ratios to bwrap.
+median and p95 of each, and the ratios to bwrap. The sandbox measurements run with and without
+sandbox networking (an uplink of `none`: links, rules and resolver, but no egress).
 
 Run as root, with DAYTONA_BIN, DAYTONA_DAEMON_BIN and DAYTONA_IMAGE_CACHE set (scripts/bench
 sets them). Sandboxes are deleted between samples, outside the timed part.
@@ -191,8 +192,17 @@ def main() -> int:
         "crun /bin/true": crun_samples(rootfs, args.iterations),
     }
     # The default server takes creates from its warm pool; the cold runs start every sandbox
-    # inside the request.
-    for label, extra_args in (("", []), (" (cold, no pool)", ["--warm-pool-size", "0"])):
+    # inside the request. The servers run without sandbox networking unless the label says
+    # so; with it, the uplink is `none`, so every sandbox gets its link, rules and resolver
+    # but no packet leaves the host.
+    networking = ["--network-uplink", "none"]
+    configurations = (
+        ("", []),
+        (" (cold, no pool)", ["--warm-pool-size", "0"]),
+        (" (networking)", networking),
+        (" (cold, no pool, networking)", ["--warm-pool-size", "0", *networking]),
+    )
+    for label, extra_args in configurations:
         server = Server(extra_args)
         try:
             server.start()

@@ -18,7 +18,7 @@ require_root() {
 }
 
 # Debian packages the platform needs at run time and to build.
-runtime_packages=(mmdebstrap ca-certificates gcc libc6-dev binutils pkg-config git curl python3 python3-venv e2fsprogs)
+runtime_packages=(mmdebstrap ca-certificates gcc libc6-dev binutils pkg-config git curl python3 python3-venv e2fsprogs nftables passt util-linux)
 
 install_packages() {
     local wanted=("$@") missing=()

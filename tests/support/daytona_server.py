@@ -68,6 +68,9 @@ class Server:
                 "--object-storage-listen", f"127.0.0.1:{self.object_storage_port}",
                 "--ssh-listen", f"127.0.0.1:{self.ssh_port}",
                 *(["--tls-dir", self.tls_dir] if self.tls_dir else []),
+                # Test servers never give sandboxes real egress: a test that wants networking
+                # passes its own --network-uplink, into namespaces it created.
+                *([] if "--network-uplink" in self.extra_args else ["--network-uplink", "off"]),
                 *self.extra_args,
             ],
             stdout=log,

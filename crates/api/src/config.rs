@@ -30,6 +30,8 @@ pub struct ServerConfig {
     /// `GET /sandbox/{id}/telemetry/metrics`.
     pub metrics_interval: Duration,
     pub object_storage: ObjectStorageConfig,
+    /// Sandbox networking; `None` leaves sandboxes with loopback only.
+    pub network: Option<daytona_runner::network::NetworkConfig>,
     pub ssh_gateway: SshGatewayConfig,
 }
 

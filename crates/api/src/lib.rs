@@ -27,6 +27,7 @@ pub use config::{
     LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
     SshGatewayConfig,
 };
+pub use daytona_runner::network;
 pub use server::run;
 
 #[cfg(test)]

@@ -1201,6 +1201,10 @@ async fn unavailable_features_are_documented_400() {
             reply.body
         );
     }
+    // Network settings are available: they are no longer among the refusals.
+    let path = format!("/api/sandbox/{id}/network-settings");
+    let reply = send(&harness, "POST", &path, Some(json!({})), Some(KEY), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ pub async fn run(
             uid_slot_registry: nix::unistd::geteuid()
                 .is_root()
                 .then(|| PathBuf::from(daytona_runner::UID_SLOT_REGISTRY)),
+            network: config.network.clone(),
         })
         .await?,
     );
@@ -89,6 +90,7 @@ pub async fn run(
         .await
         .context("the HTTP server failed")?;
     state.runner.drain_pool().await;
+    state.runner.shutdown_network().await;
     tracing::info!("API server stopped; running sandboxes keep running");
     Ok(())
 }

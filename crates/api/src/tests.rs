@@ -70,6 +70,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         warm_pool_size: 0,
         hang_start_file: lifecycle.hang_start_file.clone(),
         uid_slot_registry: None,
+        network: None,
     })
     .await
     .unwrap();
@@ -90,6 +91,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
             listen: "127.0.0.1:2222".parse().unwrap(),
             public_host: "127.0.0.1".into(),
         },
+        network: None,
     };
     let object_storage = ObjectStorage::open_embedded(EmbeddedConfig {
         data_dir: dir.path().to_owned(),

@@ -2,6 +2,7 @@
 
 mod client;
 mod image;
+mod network;
 mod server;
 mod snapshot;
 mod tls;

@@ -43,6 +43,9 @@ pub struct ServerArgs {
     #[arg(long, env = "DAYTONA_WARM_POOL_SIZE", default_value_t = 2)]
     warm_pool_size: usize,
 
+    #[command(flatten)]
+    network: crate::network::NetworkArgs,
+
     /// Seconds a sandbox may stay creating, starting or stopping; after that it goes to
     /// the error state, which frees its CPU and memory.
     #[arg(long, env = "DAYTONA_TRANSITION_TIMEOUT", default_value_t = 60, value_name = "SECONDS",
@@ -239,8 +242,17 @@ fn init_logging(
         .with_context(|| format!("failed to create {}", logs.display()))?;
     let (file_writer, guard) =
         tracing_appender::non_blocking(tracing_appender::rolling::never(&logs, "server.log"));
-    let filter =
-        || EnvFilter::try_from_env("DAYTONA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // netlink-packet-route warns about every interface attribute newer than itself, which
+    // current kernels send on each link lookup.
+    let filter = || {
+        EnvFilter::try_from_env("DAYTONA_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .add_directive(
+                "netlink_packet_route=error"
+                    .parse()
+                    .expect("valid directive"),
+            )
+    };
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -332,6 +344,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             .map(|url| url.trim_end_matches('/').to_owned()),
         external,
     };
+    let network = args.network.config(&data_dir)?;
     let config = ServerConfig {
         data_dir,
         image_cache_dir,
@@ -356,6 +369,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         metrics_interval: Duration::from_secs(args.metrics_interval),
         object_storage,
         ssh_gateway,
+        network,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

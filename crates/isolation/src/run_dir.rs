@@ -6,6 +6,7 @@
 
 use std::fs::{self, DirBuilder};
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 
@@ -51,7 +52,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<(), RunDirError> {
         &format!("{}\n", spec.hostname),
     )?;
     write_file(&spec.run_dir.join("hosts"), &hosts_file(&spec.hostname))?;
-    write_file(&spec.run_dir.join("resolv.conf"), RESOLV_CONF)?;
+    write_resolv_conf(&spec.run_dir, None)?;
 
     // With a disk image, the setup stage creates the upper and work directories inside it.
     if spec.disk_image.is_some() {
@@ -66,9 +67,16 @@ pub fn prepare(spec: &SandboxSpec) -> Result<(), RunDirError> {
     give_to(&spec.overlay_work_dir, root)
 }
 
-/// The sandbox's network is loopback-only, so there is no name server to list. The file
-/// exists so that the image's own copy, which may name a host resolver, is not used.
-const RESOLV_CONF: &str = "# The sandbox network is loopback-only: no name server.\n";
+/// Writes the sandbox's `/etc/resolv.conf`, naming `nameserver`. Without one the sandbox's
+/// network is loopback-only; the file then exists so that the image's own copy, which may
+/// name a host resolver, is not used.
+pub fn write_resolv_conf(run_dir: &Path, nameserver: Option<Ipv4Addr>) -> Result<(), RunDirError> {
+    let content = match nameserver {
+        Some(address) => format!("nameserver {address}\noptions timeout:2 attempts:2\n"),
+        None => "# The sandbox network is loopback-only: no name server.\n".to_owned(),
+    };
+    write_file(&run_dir.join("resolv.conf"), &content)
+}
 
 /// `/etc/hosts` with the sandbox's hostname on loopback, so that `sudo` and other programs
 /// that resolve the local hostname find it without DNS.

@@ -8,6 +8,8 @@ use daytona_isolation::spawn::SandboxProcess;
 use daytona_isolation::spec::{DISK_DIR, VolumeMount};
 use serde::{Deserialize, Serialize};
 
+use crate::network::SandboxNetwork;
+
 /// Resource limits of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -60,6 +62,9 @@ pub struct InstanceRecord {
     /// Whether the writable layer was archived and removed from this host.
     #[serde(default)]
     pub archived: bool,
+    /// The sandbox's network index and egress policy; `None` for loopback only.
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
 }
 
 /// Whether a sandbox's processes run.

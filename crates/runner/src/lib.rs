@@ -12,6 +12,7 @@ mod build_step;
 mod daemon_client;
 mod disk;
 mod instance;
+pub mod network;
 mod pool;
 mod runner;
 mod runtime;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::daemon_client;
 use crate::instance::{Limits, SandboxRuntimeState};
+use crate::network::EgressPolicy;
 use crate::runner::{CreateParams, Runner, RunnerError, save};
 
 /// What the sandboxes of the warm pool are made of; a create with other layers or another
@@ -76,6 +77,7 @@ impl Runner {
                     limits: template.limits,
                     volumes: Vec::new(),
                     work_dir: None,
+                    egress: EgressPolicy::deny(),
                 };
                 let result = runner.create_instance(params, true).await;
                 let outdated = {
@@ -161,16 +163,18 @@ impl Runner {
             .push_front(sandbox_id.to_owned());
     }
 
-    /// Turns a claimed pool sandbox into an ordinary one with `env` and `limits`, and starts a
-    /// replacement for the pool. On failure the sandbox is destroyed.
+    /// Turns a claimed pool sandbox into an ordinary one with `env`, `limits` and the egress
+    /// policy `egress` (until then it had no egress), and starts a replacement for the pool.
+    /// On failure the sandbox is destroyed.
     pub async fn finish_claim(
         self: &Arc<Self>,
         sandbox_id: &str,
         env: &BTreeMap<String, String>,
         limits: Limits,
+        egress: &EgressPolicy,
     ) -> Result<(), RunnerError> {
         self.refill_pool();
-        let result = self.hand_over(sandbox_id, env, limits).await;
+        let result = self.hand_over(sandbox_id, env, limits, egress).await;
         if result.is_err() {
             self.destroy(sandbox_id).await.ok();
         }
@@ -182,6 +186,7 @@ impl Runner {
         sandbox_id: &str,
         env: &BTreeMap<String, String>,
         limits: Limits,
+        egress: &EgressPolicy,
     ) -> Result<(), RunnerError> {
         let instance = self.instance(sandbox_id)?;
         let mut record = instance.record.lock().await;
@@ -197,6 +202,7 @@ impl Runner {
         if limits != record.limits {
             self.runtime.set_limits(sandbox_id, &limits)?;
         }
+        self.replace_policy(&mut record, egress.clone()).await?;
         record.env = env.clone();
         record.limits = limits;
         record.pooled = false;

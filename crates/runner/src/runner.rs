@@ -5,7 +5,7 @@
 //! the lock. They cancel it and kill the sandbox's processes, so that a start that hangs cannot
 //! keep a delete, or the API's deadline, waiting.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon_client::DaemonRequestError;
 use crate::disk::{self, DiskError};
 use crate::instance::{InstanceDirs, InstanceRecord, Limits, SandboxRuntimeState};
+use crate::network::{EgressPolicy, Network, NetworkConfig, NetworkError, SandboxNetwork};
 use crate::pool::Pool;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::slots::Slots;
@@ -96,6 +97,19 @@ pub enum RunnerError {
         #[source]
         source: DiskError,
     },
+    #[error("failed to set up the network of sandbox {sandbox_id}")]
+    Network {
+        sandbox_id: String,
+        #[source]
+        source: Box<NetworkError>,
+    },
+    #[error("failed to set up sandbox networking")]
+    NetworkSetup {
+        #[source]
+        source: Box<NetworkError>,
+    },
+    #[error("no free sandbox network address ({count} sandboxes have one)")]
+    NoFreeAddress { count: usize },
 }
 
 /// Settings of the runner.
@@ -114,6 +128,8 @@ pub struct RunnerConfig {
     /// Directory in which every runner on the host reserves its sandboxes' uid ranges
     /// ([`UID_SLOT_REGISTRY`] for root); `None` keeps them unique within this runner only.
     pub uid_slot_registry: Option<PathBuf>,
+    /// Sandbox networking; `None` leaves sandboxes with loopback only.
+    pub network: Option<NetworkConfig>,
 }
 
 /// The host-wide uid range registry of runners that run as root.
@@ -133,6 +149,8 @@ pub struct CreateParams {
     pub volumes: Vec<VolumeMount>,
     /// Directory that commands start in; the user's home when `None`.
     pub work_dir: Option<String>,
+    /// In force before the sandbox's first process runs; ignored without networking.
+    pub egress: EgressPolicy,
 }
 
 /// A sandbox the runner owns.
@@ -178,6 +196,9 @@ pub struct Runner {
     pub(crate) pool: Mutex<Pool>,
     /// Whether new sandboxes get a disk image that bounds their writable layer.
     disk_images: bool,
+    pub(crate) network: Option<Network>,
+    /// Network indexes of the sandboxes that have one.
+    network_indexes: Mutex<HashSet<u32>>,
 }
 
 impl Runner {
@@ -200,26 +221,39 @@ impl Runner {
         }
         let runtime = Runtime::new(&config.daemon_binary)?;
         let slots = Slots::new(config.uid_slot_registry.clone());
-        let runner = Self {
+        let mut runner = Self {
             config,
             runtime,
             instances: Mutex::new(HashMap::new()),
             slots: Mutex::new(slots),
             pool: Mutex::new(Pool::default()),
             disk_images: disk::supported(),
+            network: None,
+            network_indexes: Mutex::new(HashSet::new()),
         };
         if !runner.disk_images {
             tracing::warn!(
                 "sandbox disk limits are not enforced: they need root, /dev/loop-control, mkfs.ext4 and resize2fs"
             );
         }
-        runner.load_existing().await;
+        let running = runner.load_existing().await;
+        if let Some(network) = runner.config.network.clone() {
+            let network = Network::open(network, &running).await.map_err(|source| {
+                RunnerError::NetworkSetup {
+                    source: Box::new(source),
+                }
+            })?;
+            runner.network = Some(network);
+        }
         Ok(runner)
     }
 
-    async fn load_existing(&self) {
+    /// Adopts the sandboxes on disk; returns the network index and policy of each running
+    /// one.
+    async fn load_existing(&self) -> Vec<(u32, EgressPolicy)> {
+        let mut running = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.config.sandboxes_dir) else {
-            return;
+            return running;
         };
         for entry in entries.flatten() {
             let Some(sandbox_id) = entry.file_name().to_str().map(str::to_owned) else {
@@ -245,6 +279,15 @@ impl Runner {
                     }
                 }
             }
+            if let Some(network) = &record.network {
+                self.network_indexes
+                    .lock()
+                    .expect("network indexes lock")
+                    .insert(network.index);
+                if record.process.is_some() {
+                    running.push((network.index, network.policy.clone()));
+                }
+            }
             self.slots
                 .lock()
                 .expect("slots lock")
@@ -254,6 +297,7 @@ impl Runner {
                 .expect("instances lock")
                 .insert(sandbox_id, Arc::new(Instance::new(dirs, record)));
         }
+        running
     }
 
     pub(crate) fn instance(&self, sandbox_id: &str) -> Result<Arc<Instance>, RunnerError> {
@@ -305,6 +349,13 @@ impl Runner {
                     count: self.instances.lock().expect("instances lock").len(),
                 })?
         };
+        let network = match self.allocate_network(&params.egress, pooled) {
+            Ok(network) => network,
+            Err(error) => {
+                self.slots.lock().expect("slots lock").release(slot);
+                return Err(error);
+            }
+        };
         let record = InstanceRecord {
             work_dir: params.work_dir,
             sandbox_id: sandbox_id.clone(),
@@ -318,6 +369,7 @@ impl Runner {
             volumes: params.volumes,
             disk_image: self.disk_images,
             archived: false,
+            network,
         };
         let prepared = std::fs::create_dir_all(&dirs.root)
             .map_err(|source| RunnerError::Prepare {
@@ -342,6 +394,7 @@ impl Runner {
         if let Err(error) = prepared {
             remove_dir(&dirs.root);
             self.slots.lock().expect("slots lock").release(slot);
+            self.release_network_index(record.network.as_ref());
             return Err(error);
         }
         self.instances
@@ -398,7 +451,15 @@ impl Runner {
 
         // The runtime's start is not dropped half-way, which would leave its setup process
         // unreaped; an interrupt kills the sandbox's processes instead, which ends it.
-        let started = self.runtime.start(&instance.dirs, &record).await;
+        let nameserver = self
+            .network
+            .as_ref()
+            .filter(|_| record.network.is_some())
+            .map(Network::resolver_address);
+        let started = self
+            .runtime
+            .start(&instance.dirs, &record, nameserver)
+            .await;
         if token.is_cancelled() {
             if let Ok(process) = &started {
                 self.runtime.stop(process, Duration::ZERO).await;
@@ -406,8 +467,132 @@ impl Runner {
             self.runtime.release_cgroup(sandbox_id);
             return Err(interrupted(sandbox_id));
         }
-        record.process = Some(started?);
+        let process = started?;
+
+        // The sandbox's first workload runs on a toolbox request, which comes only after this
+        // start returns, so the policy is in force before it.
+        if let (Some(network), Some(sandbox_network)) = (&self.network, &record.network)
+            && let Err(source) = network.attach(sandbox_network, process.pid).await
+        {
+            self.runtime.stop(&process, Duration::ZERO).await;
+            self.runtime.release_cgroup(sandbox_id);
+            return Err(RunnerError::Network {
+                sandbox_id: sandbox_id.to_owned(),
+                source: Box::new(source),
+            });
+        }
+        record.process = Some(process);
         save(&record, &instance.dirs)
+    }
+
+    /// Picks the network index of a new sandbox; pooled sandboxes are denied everything until
+    /// a create claims them.
+    fn allocate_network(
+        &self,
+        egress: &EgressPolicy,
+        pooled: bool,
+    ) -> Result<Option<SandboxNetwork>, RunnerError> {
+        let Some(network) = &self.network else {
+            return Ok(None);
+        };
+        let mut used = self.network_indexes.lock().expect("network indexes lock");
+        let index = (1..=network.addressing().max_index())
+            .find(|index| !used.contains(index))
+            .ok_or(RunnerError::NoFreeAddress { count: used.len() })?;
+        used.insert(index);
+        let policy = if pooled {
+            EgressPolicy::deny()
+        } else {
+            egress.clone()
+        };
+        Ok(Some(SandboxNetwork { index, policy }))
+    }
+
+    fn release_network_index(&self, network: Option<&SandboxNetwork>) {
+        if let Some(network) = network {
+            self.network_indexes
+                .lock()
+                .expect("network indexes lock")
+                .remove(&network.index);
+        }
+    }
+
+    /// Removes a stopped sandbox's interface and rules.
+    async fn detach_network(&self, record: &InstanceRecord) {
+        if let (Some(network), Some(sandbox_network)) = (&self.network, &record.network) {
+            network.detach(sandbox_network.index).await;
+        }
+    }
+
+    /// Sets a sandbox's egress policy: at once when it runs, and in its record for the next
+    /// start either way.
+    pub async fn set_egress_policy(
+        &self,
+        sandbox_id: &str,
+        policy: EgressPolicy,
+    ) -> Result<(), RunnerError> {
+        let instance = self.instance(sandbox_id)?;
+        let mut record = instance.record.lock().await;
+        self.replace_policy(&mut record, policy).await?;
+        save(&record, &instance.dirs)
+    }
+
+    pub(crate) async fn replace_policy(
+        &self,
+        record: &mut InstanceRecord,
+        policy: EgressPolicy,
+    ) -> Result<(), RunnerError> {
+        let (Some(network), Some(sandbox_network)) = (&self.network, &mut record.network) else {
+            return Ok(());
+        };
+        sandbox_network.policy = policy;
+        let running = record
+            .process
+            .as_ref()
+            .is_some_and(|process| self.runtime.is_running(process));
+        if running {
+            network
+                .set_policy(sandbox_network)
+                .await
+                .map_err(|source| RunnerError::Network {
+                    sandbox_id: record.sandbox_id.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Whether sandboxes get networking.
+    pub fn has_network(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// Stops the resolver, and removes the hub when no sandbox with networking runs any
+    /// more; called when the server stops. Running sandboxes keep the hub, so they keep
+    /// their policies until the next server adopts them.
+    pub async fn shutdown_network(&self) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let instances: Vec<Arc<Instance>> = self
+            .instances
+            .lock()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut in_use = false;
+        for instance in instances {
+            let record = instance.record.lock().await;
+            if record.network.is_some()
+                && self.runtime_state(&record) == SandboxRuntimeState::Running
+            {
+                in_use = true;
+            }
+        }
+        if let Err(error) = network.shutdown(!in_use) {
+            tracing::warn!(%error, "failed to remove the sandbox network hub");
+        }
     }
 
     /// Test aid: waits while [`RunnerConfig::hang_start_file`] exists.
@@ -441,6 +626,7 @@ impl Runner {
             self.runtime.stop(&process, grace).await;
         }
         self.runtime.release_cgroup(sandbox_id);
+        self.detach_network(&record).await;
         save(&record, &instance.dirs)
     }
 
@@ -454,6 +640,7 @@ impl Runner {
             self.runtime.stop(&process, Duration::ZERO).await;
         }
         self.runtime.release_cgroup(sandbox_id);
+        self.detach_network(&record).await;
         save(&record, &instance.dirs)
     }
 
@@ -488,6 +675,8 @@ impl Runner {
             self.runtime.stop(process, Duration::ZERO).await;
         }
         self.runtime.release_cgroup(sandbox_id);
+        self.detach_network(&record).await;
+        self.release_network_index(record.network.as_ref());
         // A large upper directory takes a while to remove; that must not stall the runtime's
         // worker threads.
         let root = instance.dirs.root.clone();

@@ -1,5 +1,6 @@
 //! The runner's use of the isolation runtime.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,6 +102,7 @@ impl Runtime {
         &self,
         dirs: &InstanceDirs,
         record: &InstanceRecord,
+        nameserver: Option<Ipv4Addr>,
     ) -> Result<SandboxProcess, RuntimeError> {
         let limits = cgroup_limits(&record.limits);
         let mut spec = self.spec(dirs, record, Vec::new());
@@ -109,6 +111,9 @@ impl Runtime {
             disk::wait_detached(image).await?;
         }
         run_dir::prepare(&spec)?;
+        if let Some(nameserver) = nameserver {
+            run_dir::write_resolv_conf(&spec.run_dir, Some(nameserver))?;
+        }
         let cgroup = self.cgroups.create(&record.sandbox_id, &limits)?;
         spec.cgroup_dirs = cgroup.dirs();
         match spawn::start(&spec).await {

@@ -120,6 +120,11 @@ impl Runner {
             limits: record.limits,
             volumes: record.volumes.clone(),
             work_dir: record.work_dir.clone(),
+            egress: record
+                .network
+                .as_ref()
+                .map(|network| network.policy.clone())
+                .unwrap_or_default(),
         })
     }
 

@@ -16,6 +16,7 @@ async fn runner(dir: &Path, hang_file: &Path) -> Option<Arc<Runner>> {
         warm_pool_size: 0,
         hang_start_file: Some(hang_file.to_owned()),
         uid_slot_registry: None,
+        network: None,
     };
     match Runner::open(config).await {
         Ok(runner) => Some(Arc::new(runner)),
@@ -35,6 +36,7 @@ fn params(sandbox_id: &str) -> CreateParams {
         limits: Limits::default(),
         volumes: Vec::new(),
         work_dir: None,
+        egress: Default::default(),
     }
 }
 

@@ -418,6 +418,23 @@ def test_unavailable_sandbox_features_raise_bad_request(admin):
         admin.delete(sandbox)
 
 
+def test_network_settings_are_available(admin):
+    # The suite's servers run without networking (loopback only), so the settings are stored;
+    # test_network.py checks that they are enforced.
+    sandbox = admin.create()
+    try:
+        sandbox.update_network_settings(network_allow_list="198.51.100.0/24", domain_allow_list="*.example.com")
+        assert sandbox.network_allow_list == "198.51.100.0/24"
+        assert sandbox.domain_allow_list == "*.example.com"
+        sandbox.update_network_settings(network_block_all=True)
+        assert admin.get(sandbox.id).network_block_all is True
+        with pytest.raises(DaytonaBadRequestError) as raised:
+            sandbox.update_network_settings(network_allow_list="10.0.0.0/33")
+        assert "invalid CIDR" in str(raised.value)
+    finally:
+        admin.delete(sandbox)
+
+
 def test_computer_use_raises_bad_request(admin):
     sandbox = admin.create()
     try:

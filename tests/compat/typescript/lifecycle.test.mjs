@@ -125,7 +125,7 @@ async function startFastServer() {
     [
       'server', '--data-dir', join(dataDir, 'data'), '--listen', `127.0.0.1:${port}`,
       '--image-cache', process.env.DAYTONA_IMAGE_CACHE ?? '/var/cache/daytona/images',
-      '--daemon-binary', process.env.DAYTONA_DAEMON_BIN, '--ssh-listen', `127.0.0.1:${await freePort()}`,
+      '--daemon-binary', process.env.DAYTONA_DAEMON_BIN, '--ssh-listen', `127.0.0.1:${await freePort()}`, '--network-uplink', 'off',
       '--lifecycle-minute', '1', '--transition-timeout', '5', '--test-hang-start-file', hangFile,
     ],
     { env: { ...process.env, DAYTONA_ADMIN_API_KEY: apiKey, DAYTONA_LOG: 'info' }, stdio: 'ignore' },

@@ -122,6 +122,22 @@ test('getMetrics returns the samples the server records', async () => {
   });
 });
 
+test('network settings are stored and validated', async () => {
+  // The suite's servers run without networking, so the settings are stored; the Python
+  // suite's test_network.py checks that they are enforced.
+  await withSandbox(admin, undefined, async (sandbox) => {
+    await sandbox.updateNetworkSettings({ networkAllowList: '198.51.100.0/24' });
+    assert.equal(sandbox.networkAllowList, '198.51.100.0/24');
+    await sandbox.updateNetworkSettings({ networkBlockAll: true });
+    assert.equal(sandbox.networkBlockAll, true);
+    await assert.rejects(sandbox.updateNetworkSettings({ domainAllowList: 'not a domain' }), (error) => {
+      assert.ok(error instanceof DaytonaBadRequestError, `${error}`);
+      assert.match(error.message, /invalid domain/);
+      return true;
+    });
+  });
+});
+
 test('features that are not available yet raise DaytonaBadRequestError', async () => {
   await withSandbox(admin, undefined, async (sandbox) => {
     const calls = {
@@ -173,7 +189,7 @@ async function startHangingServer() {
     [
       'server', '--data-dir', join(dir, 'data'), '--listen', `127.0.0.1:${port}`,
       '--image-cache', process.env.DAYTONA_IMAGE_CACHE ?? '/var/cache/daytona/images',
-      '--daemon-binary', process.env.DAYTONA_DAEMON_BIN, '--ssh-listen', `127.0.0.1:${await freePort()}`, '--test-hang-start-file', hangFile,
+      '--daemon-binary', process.env.DAYTONA_DAEMON_BIN, '--ssh-listen', `127.0.0.1:${await freePort()}`, '--network-uplink', 'off', '--test-hang-start-file', hangFile,
     ],
     { env: { ...process.env, DAYTONA_ADMIN_API_KEY: apiKey, DAYTONA_LOG: 'info' }, stdio: 'ignore' },
   );

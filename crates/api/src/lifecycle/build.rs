@@ -123,6 +123,7 @@ async fn run(
         limits: plan.limits,
         volumes: plan.volumes,
         work_dir: image.config.working_dir.filter(|dir| !dir.is_empty()),
+        egress: crate::routes::sandboxes::network::record_policy(&record),
     };
     if let Err(error) = state.runner.prepare(params) {
         let reason = format!(

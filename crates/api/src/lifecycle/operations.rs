@@ -128,7 +128,12 @@ async fn run_create(
             }
             let claimed = state
                 .runner
-                .finish_claim(&id, &record.env, plan.limits)
+                .finish_claim(
+                    &id,
+                    &record.env,
+                    plan.limits,
+                    &crate::routes::sandboxes::network::record_policy(&record),
+                )
                 .await;
             if let Err(error) = claimed {
                 // The runner destroyed the pooled sandbox, so there are no files to recover.
@@ -157,6 +162,7 @@ async fn run_create(
                 limits: plan.limits,
                 volumes: plan.volumes,
                 work_dir: plan.work_dir,
+                egress: crate::routes::sandboxes::network::record_policy(&record),
             };
             let prepared = match &plan.fork_of {
                 Some(from) => state.runner.fork(from, params).await,

@@ -61,6 +61,7 @@ async fn stored(harness: &Harness, name: &str, state: SandboxState) -> SandboxRe
             limits: Limits::default(),
             volumes: Vec::new(),
             work_dir: None,
+            egress: Default::default(),
         })
         .unwrap();
     harness.state.store.insert_sandbox(&record).await.unwrap();
@@ -279,10 +280,6 @@ async fn unsupported_actions_are_documented_400() {
             format!("/api/sandbox/{}/public/false", record.id),
             "networking",
         ),
-        (
-            format!("/api/sandbox/{}/network-settings", record.id),
-            "networking",
-        ),
     ] {
         let (status, body) = call(&harness, "POST", &path, Some(json!({})), Some(KEY)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
@@ -291,6 +288,69 @@ async fn unsupported_actions_are_documented_400() {
     }
     let (status, _) = call(&harness, "POST", "/api/sandbox/nope/pause", None, Some(KEY)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn network_settings_stored_and_validated() {
+    let harness = plain().await;
+    let record = stored(&harness, "fenced", SandboxState::Stopped).await;
+    let path = format!("/api/sandbox/{}/network-settings", record.id);
+
+    let body = json!({"networkAllowList": "198.51.100.0/24", "domainAllowList": "*.example.com"});
+    let (status, body) = call(&harness, "POST", &path, Some(body), Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["networkAllowList"], "198.51.100.0/24");
+    assert_eq!(body["domainAllowList"], "*.example.com");
+    assert_eq!(body["networkBlockAll"], false);
+
+    let (status, body) = call(
+        &harness,
+        "POST",
+        &path,
+        Some(json!({"networkBlockAll": true})),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["networkBlockAll"], true);
+    assert_eq!(body["networkAllowList"], "198.51.100.0/24");
+
+    // `networkBlockAll: false` alone restores open egress, as the SDK documents.
+    let (status, body) = call(
+        &harness,
+        "POST",
+        &path,
+        Some(json!({"networkBlockAll": false})),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["networkBlockAll"], false);
+    assert!(body["networkAllowList"].is_null(), "{body}");
+    assert!(body["domainAllowList"].is_null(), "{body}");
+
+    for invalid in [
+        json!({"networkAllowList": "10.0.0.0/33"}),
+        json!({"networkAllowList": "example.com"}),
+        json!({"domainAllowList": "not a domain"}),
+    ] {
+        let (status, body) = call(&harness, "POST", &path, Some(invalid), Some(KEY)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_error(&body, status, "BAD_REQUEST", &path);
+        assert!(
+            body["message"].as_str().unwrap().contains("invalid"),
+            "{body}"
+        );
+    }
+    // A rejected change leaves the stored settings as they were.
+    let stored = harness
+        .state
+        .store
+        .sandbox_by_id(&record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.network_allow_list.is_none());
 }
 
 #[tokio::test]
@@ -495,6 +555,7 @@ async fn restart_reconcile_matches_store_and_runner() {
             limits: Limits::default(),
             volumes: Vec::new(),
             work_dir: None,
+            egress: Default::default(),
         })
         .unwrap();
 

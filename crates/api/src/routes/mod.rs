@@ -8,7 +8,7 @@ mod keys;
 mod metrics;
 mod object_storage;
 mod organizations;
-mod sandboxes;
+pub(crate) mod sandboxes;
 mod signing;
 mod snapshots;
 mod ssh_access;

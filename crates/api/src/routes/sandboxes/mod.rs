@@ -4,6 +4,7 @@
 //! [`crate::lifecycle`].
 
 mod list;
+pub(crate) mod network;
 mod settings;
 mod snapshot;
 
@@ -49,6 +50,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(build_logs_url))
         .routes(routes!(build_logs))
         .merge(settings::routes())
+        .merge(network::routes())
         .merge(snapshot::routes())
 }
 
@@ -301,6 +303,11 @@ pub async fn create(
         "GiB",
     )?;
     let intervals = Intervals::from_request(&body)?;
+    network::egress_policy(
+        body.network_block_all.unwrap_or(false),
+        body.network_allow_list.as_deref(),
+        body.domain_allow_list.as_deref(),
+    )?;
 
     let sandbox_limits = Limits {
         cpus: cpu as u32,
@@ -458,6 +465,11 @@ async fn create_from_build_info(
         "GiB",
     )?;
     let intervals = Intervals::from_request(body)?;
+    network::egress_policy(
+        body.network_block_all.unwrap_or(false),
+        body.network_allow_list.as_deref(),
+        body.domain_allow_list.as_deref(),
+    )?;
 
     let image_name = crate::builds::image_name_for(&build_info);
     let id = uuid::Uuid::new_v4().to_string();

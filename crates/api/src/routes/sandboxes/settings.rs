@@ -1,6 +1,6 @@
 //! Sandbox settings that are not state changes: labels, the auto-stop, auto-archive,
 //! auto-delete and auto-pause intervals, the TTL, activity, and the documented refusals of
-//! pause, public previews and network settings.
+//! pause and public previews.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -31,7 +31,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(update_last_activity))
         .routes(routes!(pause))
         .routes(routes!(update_public_status))
-        .routes(routes!(update_network_settings))
 }
 
 /// `PUT /sandbox/{idOrName}/labels`: replaces the whole label map.
@@ -215,22 +214,6 @@ pub async fn update_public_status(
     find(&state, &caller, &id_or_name).await?;
     Err(ApiError::bad_request(
         "public preview URLs are not available yet: they arrive with sandbox networking, and sandboxes have loopback networking only for now",
-    ))
-}
-
-/// `POST /sandbox/{idOrName}/network-settings`: always 400 until sandboxes have networking.
-#[utoipa::path(post, path = "/sandbox/{id}/network-settings", tag = "sandbox",
-    params(("id" = String, Path, description = "Sandbox id or name")),
-    responses((status = 400, description = "Network settings arrive with sandbox networking; sandboxes have loopback networking only for now", body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
-pub async fn update_network_settings(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id_or_name): Path<String>,
-) -> Result<Response, ApiError> {
-    find(&state, &caller, &id_or_name).await?;
-    Err(ApiError::bad_request(
-        "network settings are not available yet: they arrive with sandbox networking, and sandboxes have loopback networking only for now (no egress at all)",
     ))
 }
 
