@@ -45,6 +45,7 @@ class Server:
         self.image_cache = os.environ.get("DAYTONA_IMAGE_CACHE", "/var/cache/daytona/images")
         self.port = free_port()
         self.object_storage_port = free_port()
+        self.preview_port = free_port()
         self.tls_dir = os.environ.get("DAYTONA_TLS_DIR")
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
@@ -65,6 +66,7 @@ class Server:
                 "--image-cache", self.image_cache,
                 "--daemon-binary", self.daemon_binary,
                 "--object-storage-listen", f"127.0.0.1:{self.object_storage_port}",
+                "--preview-listen", f"127.0.0.1:{self.preview_port}",
                 *(["--tls-dir", self.tls_dir] if self.tls_dir else []),
                 *self.extra_args,
             ],

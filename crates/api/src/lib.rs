@@ -11,6 +11,7 @@ mod events;
 mod json;
 mod lifecycle;
 mod listener;
+mod preview;
 mod quota;
 mod registry;
 mod routes;
@@ -22,7 +23,8 @@ pub mod store;
 mod telemetry;
 
 pub use config::{
-    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, PreviewConfig, PreviewUrlStyle,
+    SandboxLimits, ServerConfig,
 };
 pub use server::run;
 

@@ -1,14 +1,17 @@
 //! The HTTP listener: connections with a bounded number and a deadline for request headers,
 //! so that clients that open connections and send nothing, or send headers byte by byte,
 //! cannot take every descriptor of the server.
+//!
+//! Connections speak HTTP/1.1, or HTTP/2 when they open with its preface ("prior
+//! knowledge", as `curl --http2-prior-knowledge` does).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -52,10 +55,16 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max_connections));
     tracing::info!(max_connections, "accepting connections");
 
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // NOTE: the deadline covers HTTP/1.1 headers only. The protocol is told apart by the
+    // first bytes, and HTTP/1.1 requests differ from the HTTP/2 preface at the first byte.
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    // A connection borrows the builder, so each task holds a reference to it.
+    let builder = Arc::new(builder);
     // Connections watch this to finish their current request and close when shutdown begins.
     let (stopping, stop_signal) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -80,11 +89,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let builder = builder.clone();
         let mut stop_signal = stop_signal.clone();
         connections.spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

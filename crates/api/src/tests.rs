@@ -86,6 +86,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
         organization_limits: Default::default(),
         metrics_interval: std::time::Duration::from_secs(10),
         object_storage: ObjectStorageConfig::embedded(dir.path(), "127.0.0.1:0".parse().unwrap()),
+        preview: crate::config::PreviewConfig::local("127.0.0.1:0".parse().unwrap()),
     };
     let object_storage = ObjectStorage::open_embedded(EmbeddedConfig {
         data_dir: dir.path().to_owned(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use daytona_api::{
-    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, PreviewConfig, PreviewUrlStyle,
+    SandboxLimits, ServerConfig,
 };
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -144,10 +145,35 @@ pub struct ServerArgs {
     #[arg(long, env = "DAYTONA_OBJECT_STORAGE_BUCKET_PREFIX", default_value = "")]
     object_storage_bucket_prefix: String,
 
+    /// Address of the preview proxy, which serves the sandboxes' preview URLs (port 0 picks
+    /// a free port).
+    #[arg(long, env = "DAYTONA_PREVIEW_LISTEN", default_value = "127.0.0.1:4000")]
+    preview_listen: SocketAddr,
+
+    /// Form of preview URLs: `host` gives http://{port}-{sandboxId}.localhost:4000, which
+    /// needs wildcard DNS for other domains; `path` gives
+    /// http://127.0.0.1:4000/preview/{sandboxId}/{port}/. The proxy accepts both.
+    #[arg(long, env = "DAYTONA_PREVIEW_URL_STYLE", value_enum, default_value_t = UrlStyle::Host)]
+    preview_url_style: UrlStyle,
+
+    /// Scheme, host and port that preview URLs start from, for example
+    /// https://preview.example.com; with the host style `{port}-{sandboxId}.` goes in front
+    /// of the host [default: http://localhost:<port of --preview-listen> (host style),
+    /// http://<--preview-listen> (path style)]
+    #[arg(long, env = "DAYTONA_PREVIEW_BASE_URL")]
+    preview_base_url: Option<String>,
+
     /// Test aid, left out of the help: while this file exists, sandbox starts (other than
     /// the warm pool's) wait, which keeps a sandbox in the starting state.
     #[arg(long, value_name = "FILE", hide = true)]
     test_hang_start_file: Option<PathBuf>,
+}
+
+/// The `--preview-url-style` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum UrlStyle {
+    Host,
+    Path,
 }
 
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -317,6 +343,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         metrics_interval: Duration::from_secs(args.metrics_interval),
         object_storage,
+        preview: PreviewConfig {
+            listen: args.preview_listen,
+            url_style: match args.preview_url_style {
+                UrlStyle::Host => PreviewUrlStyle::Host,
+                UrlStyle::Path => PreviewUrlStyle::Path,
+            },
+            base_url: args
+                .preview_base_url
+                .map(|url| url.trim_end_matches('/').to_owned()),
+        },
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

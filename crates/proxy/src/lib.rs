@@ -1,8 +1,9 @@
-//! The toolbox proxy: forwards HTTP requests, WebSocket upgrades included, to a daemon's Unix
-//! socket.
+//! The toolbox and preview proxy: forwards HTTP requests, WebSocket upgrades included, to a
+//! daemon's Unix socket or to an app's TCP port inside a sandbox.
 //!
 //! One hop: the API server's process connects straight to the toolbox socket the runtime bound
-//! for the sandbox, with no proxy in between.
+//! for the sandbox, or to the app's port over a socket the runner created in the sandbox's
+//! network namespace, with no proxy in between.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 /// Errors of forwarding one request.
@@ -26,7 +28,7 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
-    #[error("the HTTP exchange with the sandbox's toolbox failed")]
+    #[error("the HTTP exchange with the sandbox failed")]
     Exchange {
         #[source]
         source: hyper::Error,
@@ -96,19 +98,37 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// reach the sandbox, such as the caller's credentials.
 pub async fn forward(
     socket: &Path,
-    mut request: Request<Body>,
+    request: Request<Body>,
     path_and_query: &str,
     remove: &[HeaderName],
 ) -> Result<Response<Body>, ProxyError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ProxyError::Unreachable { source })?;
+    let host = HeaderValue::from_static("sandbox");
+    forward_over(stream, request, path_and_query, remove, host).await
+}
+
+/// Forwards `request` as HTTP/1.1 over `stream`, an open connection to the server, with
+/// `path_and_query` as its target and `host` as its `Host` header. Requests that reached the
+/// proxy over HTTP/2 are forwarded as HTTP/1.1 too; a WebSocket upgrade becomes a byte pipe
+/// once the server answers 101.
+pub async fn forward_over<S>(
+    stream: S,
+    mut request: Request<Body>,
+    path_and_query: &str,
+    remove: &[HeaderName],
+    host: HeaderValue,
+) -> Result<Response<Body>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Exchange { source })?;
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "toolbox connection ended with an error");
+            tracing::debug!(%error, "connection to the sandbox ended with an error");
         }
     });
 
@@ -128,9 +148,7 @@ pub async fn forward(
     for name in remove {
         outbound.headers_mut().remove(name);
     }
-    outbound
-        .headers_mut()
-        .insert(header::HOST, HeaderValue::from_static("sandbox"));
+    outbound.headers_mut().insert(header::HOST, host);
 
     let mut response = sender
         .send_request(outbound)
@@ -146,14 +164,14 @@ pub async fn forward(
             let (client, server) = match tokio::try_join!(client_upgrade, server_upgrade) {
                 Ok(pair) => pair,
                 Err(error) => {
-                    tracing::debug!(%error, "upgrade through the toolbox proxy failed");
+                    tracing::debug!(%error, "upgrade through the proxy failed");
                     return;
                 }
             };
             let mut client = TokioIo::new(client);
             let mut server = TokioIo::new(server);
             if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                tracing::debug!(%error, "upgraded toolbox connection ended with an error");
+                tracing::debug!(%error, "upgraded connection ended with an error");
             }
         });
         let (parts, _) = response.into_parts();

@@ -13,6 +13,7 @@ mod daemon_client;
 mod disk;
 mod instance;
 mod pool;
+mod port;
 mod runner;
 mod runtime;
 mod slots;
@@ -24,5 +25,6 @@ pub use daytona_isolation::spec::{MountPathError, VOLUME_UID_BASE, VolumeMount, 
 pub use disk::DiskError;
 pub use instance::{Limits, SandboxRuntimeState};
 pub use pool::PoolTemplate;
+pub use port::PortError;
 pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError, UID_SLOT_REGISTRY};
 pub use usage::WorkloadUsage;

@@ -272,14 +272,6 @@ async fn unsupported_actions_are_documented_400() {
     for (path, word) in [
         (format!("/api/sandbox/{}/pause", record.id), "paused"),
         (
-            format!("/api/sandbox/{}/public/true", record.id),
-            "networking",
-        ),
-        (
-            format!("/api/sandbox/{}/public/false", record.id),
-            "networking",
-        ),
-        (
             format!("/api/sandbox/{}/network-settings", record.id),
             "networking",
         ),

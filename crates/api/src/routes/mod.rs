@@ -8,6 +8,7 @@ mod keys;
 mod metrics;
 mod object_storage;
 mod organizations;
+mod preview;
 mod sandboxes;
 mod signing;
 mod snapshots;
@@ -89,6 +90,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(keys::routes())
         .merge(organizations::routes())
         .merge(signing::routes())
+        .merge(preview::routes())
         .merge(metrics::routes())
         .merge(volumes::routes())
         .merge(object_storage::routes())

@@ -137,6 +137,22 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE UNIQUE INDEX volumes_org_name ON volumes(organization_id, name)",
         ],
     ),
+    (
+        5,
+        &[
+            // Signed preview URLs: the token stands in for the sandbox id in the URL and
+            // authorizes one port until `expires_at` (Unix seconds), which expiring the URL
+            // through the API moves to the present.
+            "CREATE TABLE signed_preview_tokens (
+            token TEXT PRIMARY KEY,
+            sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+            port INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        )",
+            "CREATE INDEX signed_preview_tokens_expiry ON signed_preview_tokens(expires_at)",
+        ],
+    ),
 ];
 
 /// Applies every migration newer than the recorded version, each in its own transaction.

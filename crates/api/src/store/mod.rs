@@ -6,6 +6,7 @@
 
 mod migrations;
 mod orgs;
+mod preview;
 mod sandboxes;
 mod signing;
 mod snapshots;
@@ -19,6 +20,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use orgs::{ApiKeyRecord, LimitOverrides, OrganizationRecord, STATES_HOLDING_RESOURCES, Usage};
+pub use preview::SignedPreviewToken;
 pub use sandboxes::{SandboxFilter, SandboxRecord, StateChange};
 pub use snapshots::SnapshotRecord;
 pub use volumes::VolumeRecord;
