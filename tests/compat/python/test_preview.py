@@ -333,18 +333,16 @@ def test_server_sent_events_not_buffered(app):
     assert arrivals[-1][0] - arrivals[0][0] > 0.9, arrivals
 
 
-def preview_websocket_url(link, path="/ws", query=""):
-    """The proxy's address for `link`, and the `Host` header to send."""
-    parts = urllib.parse.urlsplit(link.url)
-    port = parts.port
-    return f"ws://127.0.0.1:{port}{path}{query}", parts.netloc
-
-
 def connect(link, headers=None, query=""):
+    """Opens a WebSocket to `/ws` of the preview URL `link`: the URL names the preview host, and
+    the TCP connection goes to the proxy on 127.0.0.1."""
     import websockets
 
-    url, host = preview_websocket_url(link, query=query)
-    return websockets.connect(url, additional_headers={"Host": host, **(headers or {})}, open_timeout=20)
+    parts = urllib.parse.urlsplit(link.url)
+    url = f"ws://{parts.netloc}/ws{query}"
+    return websockets.connect(
+        url, host="127.0.0.1", port=parts.port, additional_headers=headers or {}, open_timeout=20
+    )
 
 
 def test_websocket_frames_ping_and_close(app):
