@@ -280,7 +280,7 @@ def test_cors_headers_not_duplicated(app):
     assert header_values(headers, "access-control-allow-origin") == ["https://app.example"]
     assert header_values(headers, "access-control-allow-credentials") == ["true"]
 
-    # A preflight, which browsers send without the token, is answered with what it asks for.
+    # A preflight, which browsers send without the token, gets the method and headers it requests.
     preflight = [
         "-X", "OPTIONS",
         "-H", "Origin: https://app.example",
@@ -293,7 +293,7 @@ def test_cors_headers_not_duplicated(app):
     assert header_values(headers, "access-control-allow-headers") == ["cache-control, x-daytona-preview-token"]
     assert header_values(headers, "access-control-allow-methods") == ["GET"]
 
-    # An authorized preflight to a path where the app answers preflights itself keeps its answer.
+    # An authorized preflight to a path where the app handles preflights gets the app's response.
     status, headers, _ = curl(*preflight, *token, f"{link.url}/cors")
     assert status == 204
     assert header_values(headers, "access-control-allow-origin") == ["*"]

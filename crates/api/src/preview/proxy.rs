@@ -20,7 +20,7 @@ use crate::lifecycle::record_activity;
 use crate::state::AppState;
 use crate::store::SandboxRecord;
 
-/// The router of the preview listener: every request goes to [`handle`].
+/// Builds the router of the preview listener, which sends every request to [`handle`].
 pub fn router(state: AppState) -> Router {
     Router::new()
         .fallback(handle)
@@ -30,14 +30,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// How a request was authorized.
+/// The authorization of a request.
 #[derive(Debug, PartialEq, Eq)]
 enum Access {
     /// The sandbox is public.
     Public,
     /// An API key of the sandbox's organization.
     ApiKey,
-    /// A valid token; `remember` holds it when the response should set the token cookie,
+    /// A valid token; `remember` contains it when the response should set the token cookie,
     /// because the token came in the URL (query or signed host) and later requests of a
     /// browser carry only the cookie.
     Token { remember: Option<String> },
@@ -70,11 +70,11 @@ async fn handle(State(state): State<AppState>, mut request: Request) -> Response
     let origin = request.headers().get(header::ORIGIN).cloned();
     if is_preflight(&request) && access_is_denied(&access) {
         // Browsers send preflights without credentials, so they cannot carry the token
-        // header that the real request will; answering them here reveals nothing.
+        // header that the real request will. The response reveals nothing about the sandbox.
         return preflight_response(request.headers());
     }
     if let Access::Denied(reason) = &access {
-        return unauthorized(request.headers(), &record.id, target.port, &reason);
+        return unauthorized(request.headers(), &record.id, target.port, reason);
     }
     if record.state != SandboxState::Started {
         return ApiError::bad_request(format!(
@@ -100,8 +100,8 @@ async fn handle(State(state): State<AppState>, mut request: Request) -> Response
             .headers()
             .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
     {
-        // The app does not handle CORS preflights (many servers answer OPTIONS with 404 or
-        // 501), so the proxy answers for it.
+        // The app does not handle CORS preflights (many servers return 404 or 501 for
+        // OPTIONS), so the proxy responds in its place.
         return preflight_response(&request_headers);
     }
     add_cors_headers(response.headers_mut(), origin);
@@ -114,8 +114,8 @@ async fn handle(State(state): State<AppState>, mut request: Request) -> Response
     response
 }
 
-/// The host the request was sent to: the `Host` header in HTTP/1.1, the URI's authority in
-/// HTTP/2.
+/// Returns the host the request was sent to: the `Host` header in HTTP/1.1, the URI's
+/// authority in HTTP/2.
 fn request_host(request: &Request) -> Option<String> {
     request
         .headers()
@@ -146,7 +146,7 @@ async fn authorize(
 ) -> Result<(SandboxRecord, Access), ApiError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
 
-    // A signed token in the URL stands in for the sandbox id.
+    // A signed token in the URL replaces the sandbox id.
     if is_signed_token(&target.key) {
         let Some(signed) = state.store.signed_preview_token(&target.key).await? else {
             return Err(ApiError::not_found(
@@ -215,7 +215,8 @@ async fn authorize(
     ))
 }
 
-/// Whether `token` is the sandbox's preview token, or an unexpired signed token of its port.
+/// Checks whether `token` is the sandbox's preview token, or an unexpired signed token of the
+/// port.
 async fn token_opens(
     state: &AppState,
     sandbox_id: &str,
@@ -235,7 +236,7 @@ async fn token_opens(
         .map_err(|error| ApiError::internal("failed to check the preview token", error))
 }
 
-/// The API key of an `Authorization: Bearer` header.
+/// Returns the API key of an `Authorization: Bearer` header.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.split_once(' ')?;
@@ -312,7 +313,7 @@ async fn forward(
     }
 }
 
-/// Removes the proxy's token cookie from the request, so the app never sees the token.
+/// Removes the proxy's token cookie from the request, so the token never reaches the app.
 fn remove_token_cookie(headers: &mut HeaderMap, cookie_name: &str) {
     if !cookies(headers).any(|(name, _)| name == cookie_name) {
         return;

@@ -19,7 +19,7 @@ use crate::store::SignedPreviewToken;
 /// Lifetime of a signed preview URL when the request names none, in seconds.
 const DEFAULT_SIGNED_SECONDS: i64 = 60;
 
-/// Longest lifetime of a signed preview URL: 24 hours, as in Daytona.
+/// Maximum lifetime of a signed preview URL: 24 hours, as in Daytona.
 const MAX_SIGNED_SECONDS: i64 = 24 * 60 * 60;
 
 pub fn routes() -> OpenApiRouter<AppState> {
