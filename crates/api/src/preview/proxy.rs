@@ -16,7 +16,7 @@ use super::{
     without_token_query,
 };
 use crate::error::{ApiError, error_chain};
-use crate::lifecycle::record_activity;
+use crate::lifecycle::PreviewConnection;
 use crate::state::AppState;
 use crate::store::SandboxRecord;
 
@@ -89,11 +89,11 @@ async fn handle(State(state): State<AppState>, mut request: Request) -> Response
         // The key goes no further than the proxy, as a token does.
         request.headers_mut().remove(header::AUTHORIZATION);
     }
+    let connection = PreviewConnection::attach(&state, &record.id, &mut request);
     let mut response = match forward(&state, &record.id, &target, request, host).await {
-        Ok(response) => response,
+        Ok(response) => connection.finish(response),
         Err(error) => return error.into_response(),
     };
-    record_activity(&state, &record.id);
 
     if let Some(request_headers) = preflight_headers
         && !response
