@@ -418,3 +418,35 @@ def test_toolbox_accepts_preview_token(app, server):
     assert status == 200, body
     status, body = server.request("GET", f"{base}/work-dir?DAYTONA_SANDBOX_AUTH_KEY=wrong", key=None)
     assert status == 401
+
+
+def test_path_style_server_setting():
+    """`--preview-url-style path` makes the API hand out path-style URLs, which work as given."""
+    from conftest import client_for
+    from daytona_server import Server
+
+    server = Server(["--preview-url-style", "path", "--warm-pool-size", "0"])
+    try:
+        server.start()
+        daytona = client_for(server)
+        sandbox = daytona.create()
+        with open(APP, "rb") as source:
+            sandbox.fs.upload_file(source.read(), "/tmp/preview_app.py")
+        sandbox.process.create_session("app")
+        sandbox.process.execute_session_command(
+            "app", SessionExecuteRequest(command="python3 /tmp/preview_app.py ::1 8080", run_async=True)
+        )
+        link = sandbox.get_preview_link(8080)
+        assert link.url == f"http://127.0.0.1:{server.preview_port}/preview/{sandbox.id}/8080"
+        token = ["-H", f"x-daytona-preview-token: {link.token}"]
+        wait_until(lambda: curl(*token, f"{link.url}/hello")[0] == 200, message="the app")
+        status, _, body = curl(*token, f"{link.url}/headers?q=1")
+        assert status == 200
+        assert json.loads(body)["target"] == "/headers?q=1"
+        signed = sandbox.create_signed_preview_url(8080, expires_in_seconds=60)
+        assert signed.url == f"http://127.0.0.1:{server.preview_port}/preview/{signed.token}/8080"
+        assert curl(f"{signed.url}/hello")[0] == 200
+        daytona.delete(sandbox)
+    finally:
+        server.stop()
+        server.remove_data()
