@@ -48,7 +48,7 @@ def get(connection, host_header, token):
     response = connection.getresponse()
     body = response.read()
     if response.status != 200:
-        raise RuntimeError(f"GET /hello answered {response.status}: {body[:200]!r}")
+        raise RuntimeError(f"GET /hello returned {response.status}: {body[:200]!r}")
 
 
 def client(args):

@@ -13,7 +13,7 @@ Routes:
     GET /sse        five server-sent events, 300 ms apart
     GET /ws         a WebSocket echo: text and binary frames come back, pings get pongs, and
                     the text "close:CODE" makes the app close with that code
-Anything else answers 404, OPTIONS included, as many servers do.
+Anything else returns 404, OPTIONS included, as many servers do.
 """
 
 import asyncio
@@ -125,7 +125,7 @@ async def websocket_echo(reader, writer, headers):
             code = int(payload[6:])
             writer.write(frame(0x8, struct.pack("!H", code) + b"closed by the app"))
             await writer.drain()
-            # Wait for the client's close frame, as the protocol asks.
+            # Wait for the client's close frame, as RFC 6455 requires.
             await read_frame(reader)
             return
         elif opcode in (0x1, 0x2):
