@@ -450,3 +450,27 @@ def test_path_style_server_setting():
     finally:
         server.stop()
         server.remove_data()
+
+
+def test_signed_url_expiry_reaches_a_busy_proxy(app):
+    """The proxy reuses an authorization for up to one second (see the README), so a signed
+    URL in constant use stops working at most a second after it expires."""
+    signed = app.create_signed_preview_url(8080, expires_in_seconds=2)
+    created = time.time()
+    assert curl(f"{signed.url}/hello")[0] == 200
+    while curl(f"{signed.url}/hello")[0] == 200:
+        # Expiry counts in whole seconds: at most 3 s, then up to 1 s of reuse, plus slack.
+        assert time.time() - created < 6, "the expired signed URL still opens the preview"
+        time.sleep(0.05)
+    assert time.time() - created >= 1
+
+
+def test_private_again_at_once_for_a_busy_proxy(app):
+    url = app.get_preview_link(8080).url
+    app.set_public(True)
+    try:
+        for _ in range(5):
+            assert curl(f"{url}/hello")[0] == 200
+    finally:
+        app.set_public(False)
+    assert curl(f"{url}/hello")[0] == 401

@@ -11,6 +11,7 @@
 //! organization in `Authorization: Bearer`.
 
 mod proxy;
+mod upstream;
 
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
@@ -19,6 +20,7 @@ use rand::RngCore;
 use crate::config::{PreviewConfig, PreviewUrlStyle};
 
 pub use proxy::router;
+pub use upstream::Previews;
 
 /// Request header that carries a preview token.
 pub const TOKEN_HEADER: &str = "x-daytona-preview-token";

@@ -7,7 +7,6 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use daytona_proxy::ProxyError;
 use daytona_runner::PortError;
 use daytona_wire::api::SandboxState;
 
@@ -31,8 +30,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The authorization of a request.
-#[derive(Debug, PartialEq, Eq)]
-enum Access {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Access {
     /// The sandbox is public.
     Public,
     /// An API key of the sandbox's organization.
@@ -77,6 +76,7 @@ async fn handle(State(state): State<AppState>, mut request: Request) -> Response
         return unauthorized(request.headers(), &record.id, target.port, reason);
     }
     if record.state != SandboxState::Started {
+        state.previews.forget(&record.id);
         return ApiError::bad_request(format!(
             "sandbox {} is {}; start it to reach its port {}",
             record.id, record.state, target.port
@@ -137,8 +137,50 @@ fn access_is_denied(access: &Access) -> bool {
     matches!(access, Access::Denied(_))
 }
 
-/// Finds the sandbox of a target and decides whether the request may reach it.
+/// Finds the sandbox of a target and decides whether the request may reach it, reusing a
+/// recent decision for the same target and credentials that let a request through.
 async fn authorize(
+    state: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(SandboxRecord, Access), ApiError> {
+    let key = access_key(target, headers, query);
+    if let Some(found) = state.previews.cached_access(&key) {
+        return Ok(found);
+    }
+    let (record, access) = decide(state, target, headers, query).await?;
+    if !access_is_denied(&access) && record.state == SandboxState::Started {
+        state.previews.cache_access(key, &record, &access);
+    }
+    Ok((record, access))
+}
+
+/// The key of a decision in the cache: everything [`decide`] reads from the request.
+fn access_key(target: &Target, headers: &HeaderMap, query: Option<&str>) -> String {
+    let mut key = format!("{}\n{}", target.key, target.port);
+    let credentials = headers
+        .get_all(super::TOKEN_HEADER)
+        .iter()
+        .chain(headers.get_all(header::COOKIE))
+        .chain(headers.get_all(header::AUTHORIZATION));
+    for value in credentials {
+        key.push('\n');
+        key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+    }
+    if let Some(query) = query {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if name == super::TOKEN_QUERY {
+                key.push_str("\nq=");
+                key.push_str(&value);
+            }
+        }
+    }
+    key
+}
+
+/// Finds the sandbox of a target and decides whether the request may reach it.
+async fn decide(
     state: &AppState,
     target: &Target,
     headers: &HeaderMap,
@@ -262,54 +304,57 @@ async fn forward(
     mut request: Request,
     host: Option<String>,
 ) -> Result<Response, ApiError> {
-    let stream = match state.runner.connect_to_port(sandbox_id, target.port).await {
-        Ok(stream) => stream,
-        Err(PortError::Refused { port, .. }) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "BAD_GATEWAY",
-                format!(
-                    "nothing listens on port {port} in sandbox {sandbox_id}; start a server on that port (on any address, 127.0.0.1 and ::1 included)"
-                ),
-            ));
-        }
-        Err(PortError::NotRunning { .. }) => {
-            return Err(ApiError::unavailable(format!(
-                "sandbox {sandbox_id} is not running; start it and retry"
-            )));
-        }
-        Err(error) => {
-            return Err(ApiError::internal(
-                format!(
-                    "failed to connect to port {} of sandbox {sandbox_id}",
-                    target.port
-                ),
-                error,
-            ));
-        }
-    };
-    let _ = stream.set_nodelay(true);
-
     remove_token_cookie(request.headers_mut(), &target.cookie_name(sandbox_id));
     let path_and_query = without_token_query(&target.path_and_query);
     let host = host
         .and_then(|host| HeaderValue::from_str(&host).ok())
         .unwrap_or_else(|| HeaderValue::from_static("localhost"));
     let removed = [HeaderName::from_static(TOKEN_HEADER)];
-    match daytona_proxy::forward_over(stream, request, &path_and_query, &removed, host).await {
+    let pool = state.previews.pool(sandbox_id);
+    let authority = format!("app:{}", target.port);
+    match daytona_proxy::forward_pooled(&pool, &authority, request, &path_and_query, &removed, host)
+        .await
+    {
         Ok(response) => Ok(response.into_response()),
-        Err(error @ (ProxyError::Exchange { .. } | ProxyError::Unreachable { .. })) => {
-            let chain = error_chain(&error);
-            tracing::debug!(sandbox_id, port = target.port, error = %chain, "preview exchange failed");
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "BAD_GATEWAY",
-                format!(
-                    "the app on port {} of sandbox {sandbox_id} failed to answer: {chain}",
-                    target.port
-                ),
-            ))
+        Err(error) => Err(exchange_error(sandbox_id, target.port, &error)),
+    }
+}
+
+/// The response to a failed exchange with the app: the connector's error when there was no
+/// connection, else a 502 that says what failed.
+fn exchange_error(sandbox_id: &str, port: u16, error: &daytona_proxy::PooledError) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(port_error) = current.downcast_ref::<PortError>() {
+            return port_error_response(sandbox_id, port, port_error);
         }
+        source = current.source();
+    }
+    let chain = error_chain(error);
+    tracing::debug!(sandbox_id, port, error = %chain, "preview exchange failed");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "BAD_GATEWAY",
+        format!("the app on port {port} of sandbox {sandbox_id} failed to answer: {chain}"),
+    )
+}
+
+fn port_error_response(sandbox_id: &str, port: u16, error: &PortError) -> ApiError {
+    match error {
+        PortError::Refused { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "BAD_GATEWAY",
+            format!(
+                "nothing listens on port {port} in sandbox {sandbox_id}; start a server on that port (on any address, 127.0.0.1 and ::1 included)"
+            ),
+        ),
+        PortError::NotRunning { .. } => ApiError::unavailable(format!(
+            "sandbox {sandbox_id} is not running; start it and retry"
+        )),
+        PortError::Socket { .. } => ApiError::internal(
+            format!("failed to connect to port {port} of sandbox {sandbox_id}"),
+            anyhow::anyhow!(error_chain(error)),
+        ),
     }
 }
 

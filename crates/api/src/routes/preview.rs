@@ -139,6 +139,8 @@ pub async fn expire_signed_preview_url(
         .expire_signed_preview_token(&record.id, port, &token, now)
         .await?
     {
+        // A cached decision may rest on the token.
+        state.previews.forget_access(&record.id);
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::not_found(format!(

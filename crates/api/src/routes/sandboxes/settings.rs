@@ -221,10 +221,13 @@ pub async fn update_public_status(
             )));
         }
     };
-    update(&state, &caller, &id_or_name, |record| {
+    let sandbox = update(&state, &caller, &id_or_name, |record| {
         record.public = is_public;
     })
-    .await
+    .await?;
+    // The preview proxy's cached decisions assumed the old setting.
+    state.previews.forget_access(&sandbox.id);
+    Ok(sandbox)
 }
 
 /// `POST /sandbox/{idOrName}/network-settings`: always 400 until sandboxes have networking.
