@@ -42,8 +42,11 @@ pub struct PreviewConfig {
     /// Scheme, host and port that preview URLs start from, without a trailing slash. With
     /// the host style, `{port}-{sandboxId}.` goes in front of the host. When `None`, the
     /// server uses `http://localhost:<port>` (host style) or `http://<address>` (path style)
-    /// of the address it bound.
+    /// of the address it bound, with `https` when `tls` is set.
     pub base_url: Option<String>,
+    /// Whether the listener speaks TLS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate of the
+    /// local CA, that of the object storage, instead of plain HTTP.
+    pub tls: bool,
 }
 
 /// The two forms of preview URLs; the proxy accepts both whichever one it hands out.
@@ -64,6 +67,7 @@ impl PreviewConfig {
             listen,
             url_style: PreviewUrlStyle::Host,
             base_url: None,
+            tls: false,
         }
     }
 
@@ -72,9 +76,10 @@ impl PreviewConfig {
     pub fn bound(&mut self, address: SocketAddr) {
         self.listen = address;
         if self.base_url.is_none() {
+            let scheme = self.scheme();
             self.base_url = Some(match self.url_style {
-                PreviewUrlStyle::Host => format!("http://localhost:{}", address.port()),
-                PreviewUrlStyle::Path => format!("http://{address}"),
+                PreviewUrlStyle::Host => format!("{scheme}://localhost:{}", address.port()),
+                PreviewUrlStyle::Path => format!("{scheme}://{address}"),
             });
         }
     }
@@ -83,7 +88,11 @@ impl PreviewConfig {
     pub fn base(&self) -> String {
         self.base_url
             .clone()
-            .unwrap_or_else(|| format!("http://localhost:{}", self.listen.port()))
+            .unwrap_or_else(|| format!("{}://localhost:{}", self.scheme(), self.listen.port()))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 }
 

@@ -13,8 +13,10 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 /// Time a client has to send a request's headers, including the wait on an idle keep-alive
 /// connection for the next request.
@@ -44,6 +46,17 @@ fn raise_open_file_limit() -> u64 {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, router, None, shutdown).await
+}
+
+/// Serves `router` as [`serve`] does, over TLS with `tls` when given: the client picks
+/// HTTP/2 or HTTP/1.1 by ALPN.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let open_files = raise_open_file_limit();
@@ -91,14 +104,24 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let builder = builder.clone();
         let mut stop_signal = stop_signal.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopped(&mut stop_signal) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let result = match tls {
+                None => serve_connection(&builder, stream, service, &mut stop_signal).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, service, &mut stop_signal).await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(error) = result {
@@ -120,6 +143,27 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, or finishes its current request once shutdown begins.
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: S,
+    service: TowerToHyperService<Router>,
+    stop_signal: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(stop_signal) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 /// Completes once shutdown begins.

@@ -125,10 +125,42 @@ async fn serve_previews(
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let address = state.config.preview.listen;
-    tracing::info!(%address, base_url = %state.config.preview.base(), "preview proxy listening");
-    if let Err(error) = listener::serve(listener, crate::preview::router(state), stop).await {
+    let tls = match preview_tls(&state) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "the preview listener has no TLS configuration; it does not start"
+            );
+            return;
+        }
+    };
+    tracing::info!(%address, base_url = %state.config.preview.base(), tls = tls.is_some(), "preview proxy listening");
+    let router = crate::preview::router(state);
+    if let Err(error) = listener::serve_with(listener, router, tls, stop).await {
         tracing::error!(%error, "the preview listener failed");
     }
+}
+
+/// Returns the TLS configuration of the preview listener under `--preview-tls`: the object
+/// storage's certificate, offering HTTP/2 and HTTP/1.1.
+fn preview_tls(state: &AppState) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    if !state.config.preview.tls {
+        return Ok(None);
+    }
+    let storage = &state.config.object_storage;
+    let config = daytona_objstore::tls::server_config(&storage.tls_dir, &storage.tls_names)
+        .with_context(|| {
+            format!(
+                "failed to load the certificate in {}",
+                storage.tls_dir.display()
+            )
+        })?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 /// Opens the configured external S3 endpoint, or the embedded store in the data directory.

@@ -163,6 +163,12 @@ pub struct ServerArgs {
     #[arg(long, env = "DAYTONA_PREVIEW_BASE_URL")]
     preview_base_url: Option<String>,
 
+    /// Serve preview URLs over TLS, HTTP/2 and HTTP/1.1 by ALPN, with the certificate of the
+    /// local CA in --tls-dir that the object storage uses (it covers localhost, 127.0.0.1,
+    /// ::1 and --tls-name, not `*.localhost`, so clients that check it need the path style)
+    #[arg(long, env = "DAYTONA_PREVIEW_TLS")]
+    preview_tls: bool,
+
     /// Test aid, left out of the help: while this file exists, sandbox starts (other than
     /// the warm pool's) wait, which keeps a sandbox in the starting state.
     #[arg(long, value_name = "FILE", hide = true)]
@@ -352,6 +358,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             base_url: args
                 .preview_base_url
                 .map(|url| url.trim_end_matches('/').to_owned()),
+            tls: args.preview_tls,
         },
     };
 

@@ -420,6 +420,16 @@ def test_toolbox_accepts_preview_token(app, server):
     assert status == 401
 
 
+def start_app(sandbox, host, port):
+    """Starts the preview app in `sandbox` on `host`:`port`."""
+    with open(APP, "rb") as source:
+        sandbox.fs.upload_file(source.read(), "/tmp/preview_app.py")
+    sandbox.process.create_session("app")
+    sandbox.process.execute_session_command(
+        "app", SessionExecuteRequest(command=f"python3 /tmp/preview_app.py {host} {port}", run_async=True)
+    )
+
+
 def test_path_style_server_setting():
     """`--preview-url-style path` makes the API hand out path-style URLs, which work as given."""
     from conftest import client_for
@@ -430,12 +440,7 @@ def test_path_style_server_setting():
         server.start()
         daytona = client_for(server)
         sandbox = daytona.create()
-        with open(APP, "rb") as source:
-            sandbox.fs.upload_file(source.read(), "/tmp/preview_app.py")
-        sandbox.process.create_session("app")
-        sandbox.process.execute_session_command(
-            "app", SessionExecuteRequest(command="python3 /tmp/preview_app.py ::1 8080", run_async=True)
-        )
+        start_app(sandbox, "::1", 8080)
         link = sandbox.get_preview_link(8080)
         assert link.url == f"http://127.0.0.1:{server.preview_port}/preview/{sandbox.id}/8080"
         token = ["-H", f"x-daytona-preview-token: {link.token}"]
@@ -474,3 +479,37 @@ def test_private_again_at_once_for_a_busy_proxy(app):
     finally:
         app.set_public(False)
     assert curl(f"{url}/hello")[0] == 401
+
+
+def test_preview_over_tls_with_http2():
+    """`--preview-tls` serves the preview listener over TLS, where curl negotiates HTTP/2 by
+    ALPN. The certificate of the local CA covers localhost, not `*.localhost`, so the test
+    uses the path style."""
+    from conftest import client_for
+    from daytona_server import Server
+
+    server = Server(["--preview-tls", "--preview-url-style", "path", "--warm-pool-size", "0"])
+    try:
+        server.start()
+        tls_dir = server.tls_dir or os.path.join(server.data_dir, "tls")
+        daytona = client_for(server)
+        sandbox = daytona.create()
+        start_app(sandbox, "0.0.0.0", 8080)
+        link = sandbox.get_preview_link(8080)
+        assert link.url == f"https://127.0.0.1:{server.preview_port}/preview/{sandbox.id}/8080"
+        url = f"https://localhost:{server.preview_port}/preview/{sandbox.id}/8080"
+        tls = ["--cacert", os.path.join(tls_dir, "ca.crt"), "-H", f"x-daytona-preview-token: {link.token}"]
+        wait_until(lambda: curl(*tls, f"{url}/hello")[0] == 200, message="the app over TLS")
+
+        status, _, body = curl(*tls, "--http2", "-w", "%{http_version}", f"{url}/hello")
+        assert status == 200
+        assert body.decode().splitlines() == ["hello from port 8080", "2"]
+        status, _, body = curl(*tls, "--http1.1", "-w", "%{http_version}", f"{link.url}/hello")
+        assert status == 200
+        assert body.decode().splitlines() == ["hello from port 8080", "1.1"]
+        # Without the token, the proxy still answers 401 over TLS.
+        assert curl("--cacert", os.path.join(tls_dir, "ca.crt"), "--http2", f"{url}/hello")[0] == 401
+        daytona.delete(sandbox)
+    finally:
+        server.stop()
+        server.remove_data()

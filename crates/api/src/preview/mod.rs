@@ -226,6 +226,7 @@ mod tests {
             listen: "127.0.0.1:4000".parse().unwrap(),
             url_style: style,
             base_url: Some("http://localhost:4000".to_owned()),
+            tls: false,
         }
     }
 
