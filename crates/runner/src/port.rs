@@ -1,8 +1,8 @@
 //! Connections to TCP ports inside a sandbox, for preview URLs.
 //!
 //! A sandbox's network namespace has no route from the host, so the runner creates the socket
-//! inside it: a short-lived thread enters the namespace of the sandbox's PID 1 with `setns`,
-//! creates a non-blocking socket there and exits. A socket keeps the namespace it was created
+//! inside it: a long-lived thread enters the namespace of the sandbox's PID 1 with `setns`,
+//! creates a non-blocking socket there and returns to the host's namespace. A socket keeps the namespace it was created
 //! in, so the connect that follows, on the async runtime, reaches the sandbox's loopback.
 //! Apps that listen on `0.0.0.0`, `127.0.0.1`, `::` or `::1` are all reachable this way.
 
@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -51,10 +52,8 @@ impl Runner {
             source,
         };
 
-        let (ipv4, ipv6) = tokio::task::spawn_blocking(move || sockets_in(&namespace))
-            .await
-            .map_err(|join| socket_error(io::Error::other(join)))?
-            .map_err(socket_error)?;
+        let (ipv4, ipv6) = sockets_in(namespace).await.map_err(socket_error)?;
+        let (ipv4, ipv6) = (to_tcp_socket(ipv4), ipv6.map(to_tcp_socket));
 
         let ipv4_error = match ipv4
             .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
@@ -97,27 +96,73 @@ fn refused(sandbox_id: &str, port: u16, source: io::Error) -> PortError {
     }
 }
 
+/// Sockets made inside a namespace: IPv4, and IPv6 when the namespace has it.
+type Sockets = (OwnedFd, Option<OwnedFd>);
+
+/// A request to the socket thread.
+type Job = (File, tokio::sync::oneshot::Sender<io::Result<Sockets>>);
+
+/// The socket thread's queue, while the thread runs.
+static SOCKET_THREAD: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+
 /// Creates an IPv4 and, when the namespace has IPv6, an IPv6 TCP socket inside `namespace`.
 ///
-/// The work runs on a thread of its own, because `setns` changes the namespace of the calling
-/// thread only, and that thread must not be used for anything else while it is inside.
-fn sockets_in(namespace: &File) -> io::Result<(TcpSocket, Option<TcpSocket>)> {
-    let namespace = namespace.try_clone()?;
+/// `setns` changes the namespace of the calling thread only, so one long-lived thread does
+/// it for every sandbox: it enters the namespace, creates the sockets and returns to the
+/// host's namespace. The thread starts on first use, and again if it ever failed to return.
+async fn sockets_in(namespace: File) -> io::Result<Sockets> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    {
+        let mut thread = SOCKET_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+        let job = (namespace, reply);
+        let unsent = match thread.as_ref() {
+            Some(sender) => sender.send(job).err().map(|error| error.0),
+            None => Some(job),
+        };
+        if let Some(job) = unsent {
+            start_socket_thread(&mut thread)?
+                .send(job)
+                .map_err(|_| gone())?;
+        }
+    }
+    answer.await.map_err(|_| gone())?
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the socket thread ended")
+}
+
+/// Starts the socket thread and returns its queue, kept in `thread` as well.
+fn start_socket_thread(
+    thread: &mut Option<std::sync::mpsc::Sender<Job>>,
+) -> io::Result<std::sync::mpsc::Sender<Job>> {
     let host = File::open("/proc/thread-self/ns/net")?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                let ipv4 = new_socket(AddressFamily::Inet);
-                let ipv6 = new_socket(AddressFamily::Inet6).ok();
-                // The thread ends right after, but returning it to the host namespace keeps
-                // any reuse of the thread by the standard library harmless.
-                setns(&host, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                Ok((to_tcp_socket(ipv4?), ipv6.map(to_tcp_socket)))
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the socket thread panicked")))
-    })
+    let (sender, jobs) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("netns-sockets".to_owned())
+        .spawn(move || {
+            for (namespace, reply) in jobs {
+                let result = setns(&namespace, CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)
+                    .and_then(|()| {
+                        let ipv4 = new_socket(AddressFamily::Inet);
+                        let ipv6 = new_socket(AddressFamily::Inet6).ok();
+                        Ok((ipv4?, ipv6))
+                    });
+                // A thread that cannot return to the host's namespace must create no more
+                // sockets: it ends, and the next request starts a new one.
+                let returned = setns(&host, CloneFlags::CLONE_NEWNET);
+                let _ = reply.send(result);
+                if returned.is_err() {
+                    tracing::error!(
+                        "the socket thread failed to return to the host's network namespace"
+                    );
+                    return;
+                }
+            }
+        })?;
+    *thread = Some(sender.clone());
+    Ok(sender)
 }
 
 fn new_socket(family: AddressFamily) -> io::Result<OwnedFd> {
