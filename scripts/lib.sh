@@ -20,6 +20,11 @@ require_root() {
 # Debian packages the platform needs at run time and to build.
 runtime_packages=(mmdebstrap ca-certificates gcc libc6-dev binutils pkg-config git curl python3 python3-venv e2fsprogs nftables passt util-linux)
 
+# Debian packages that only the tests need: headless Chromium loads preview URLs (driven by
+# the npm package playwright-core, which downloads no browser of its own).
+# openssh-client: the SSH gateway tests drive ssh, scp and sftp.
+test_packages=(bubblewrap crun skopeo chromium openssh-client iproute2)
+
 install_packages() {
     local wanted=("$@") missing=()
     for package in "${wanted[@]}"; do

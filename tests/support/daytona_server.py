@@ -46,6 +46,7 @@ class Server:
         self.port = free_port()
         self.object_storage_port = free_port()
         self.ssh_port = free_port()
+        self.preview_port = free_port()
         self.tls_dir = os.environ.get("DAYTONA_TLS_DIR")
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
@@ -67,6 +68,7 @@ class Server:
                 "--daemon-binary", self.daemon_binary,
                 "--object-storage-listen", f"127.0.0.1:{self.object_storage_port}",
                 "--ssh-listen", f"127.0.0.1:{self.ssh_port}",
+                "--preview-listen", f"127.0.0.1:{self.preview_port}",
                 *(["--tls-dir", self.tls_dir] if self.tls_dir else []),
                 # Test servers never give sandboxes real egress: a test that wants networking
                 # passes its own --network-uplink, into namespaces it created.

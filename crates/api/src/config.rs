@@ -33,6 +33,7 @@ pub struct ServerConfig {
     /// Sandbox networking; `None` leaves sandboxes with loopback only.
     pub network: Option<daytona_runner::network::NetworkConfig>,
     pub ssh_gateway: SshGatewayConfig,
+    pub preview: PreviewConfig,
 }
 
 /// The SSH gateway's listener and the host that `sshCommand` names.
@@ -42,6 +43,69 @@ pub struct SshGatewayConfig {
     pub listen: SocketAddr,
     /// Host name or address that clients reach the gateway at.
     pub public_host: String,
+}
+
+/// How preview URLs look and where their proxy listens.
+#[derive(Debug, Clone)]
+pub struct PreviewConfig {
+    /// Address of the preview proxy's listener (HTTP/1.1, and HTTP/2 with prior knowledge).
+    pub listen: SocketAddr,
+    pub url_style: PreviewUrlStyle,
+    /// Scheme, host and port that preview URLs start from, without a trailing slash. With
+    /// the host style, `{port}-{sandboxId}.` goes in front of the host. When `None`, the
+    /// server uses `http://localhost:<port>` (host style) or `http://<address>` (path style)
+    /// of the address it bound, with `https` when `tls` is set.
+    pub base_url: Option<String>,
+    /// Whether the listener speaks TLS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate of the
+    /// local CA, that of the object storage, instead of plain HTTP.
+    pub tls: bool,
+}
+
+/// The two forms of preview URLs; the proxy accepts both whichever one it hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewUrlStyle {
+    /// `http://{port}-{sandboxId}.{host}`, which needs wildcard DNS for the host (every
+    /// `*.localhost` name resolves to loopback in curl and browsers).
+    Host,
+    /// `http://{host}/preview/{sandboxId}/{port}/`, for hosts without wildcard DNS. Apps see
+    /// the path without the prefix, so pages with absolute links work only in the host style.
+    Path,
+}
+
+impl PreviewConfig {
+    /// The host style on `listen`, with `localhost` as the base host.
+    pub fn local(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            url_style: PreviewUrlStyle::Host,
+            base_url: None,
+            tls: false,
+        }
+    }
+
+    /// Records the address the listener bound (its port when `listen` asked for any port)
+    /// and fills in the default base URL.
+    pub fn bound(&mut self, address: SocketAddr) {
+        self.listen = address;
+        if self.base_url.is_none() {
+            let scheme = self.scheme();
+            self.base_url = Some(match self.url_style {
+                PreviewUrlStyle::Host => format!("{scheme}://localhost:{}", address.port()),
+                PreviewUrlStyle::Path => format!("{scheme}://{address}"),
+            });
+        }
+    }
+
+    /// The base URL of preview URLs; see [`PreviewConfig::base_url`].
+    pub fn base(&self) -> String {
+        self.base_url
+            .clone()
+            .unwrap_or_else(|| format!("{}://localhost:{}", self.scheme(), self.listen.port()))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
 }
 
 /// Where build contexts and sandbox archives are stored.

@@ -11,6 +11,7 @@ mod events;
 mod json;
 mod lifecycle;
 mod listener;
+mod preview;
 mod quota;
 mod registry;
 mod routes;
@@ -24,8 +25,8 @@ pub mod store;
 mod telemetry;
 
 pub use config::{
-    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
-    SshGatewayConfig,
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, PreviewConfig, PreviewUrlStyle,
+    SandboxLimits, ServerConfig, SshGatewayConfig,
 };
 pub use daytona_runner::network;
 pub use server::run;

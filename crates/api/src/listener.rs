@@ -1,17 +1,22 @@
 //! The HTTP listener: connections with a bounded number and a deadline for request headers,
 //! so that clients that open connections and send nothing, or send headers byte by byte,
 //! cannot take every descriptor of the server.
+//!
+//! Connections speak HTTP/1.1, or HTTP/2 when they open with its preface ("prior
+//! knowledge", as `curl --http2-prior-knowledge` does).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 /// Time a client has to send a request's headers, including the wait on an idle keep-alive
 /// connection for the next request.
@@ -43,6 +48,17 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, router, None, shutdown).await
+}
+
+/// Serves `router` as [`serve`] does, over TLS with `tls` when given: the client picks
+/// HTTP/2 or HTTP/1.1 by ALPN.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let open_files = raise_open_file_limit();
     // A quarter of the descriptors for client connections leaves room for the proxied
     // toolbox connections, the store and the sandboxes' files.
@@ -52,10 +68,16 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max_connections));
     tracing::info!(max_connections, "accepting connections");
 
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // NOTE: the deadline covers HTTP/1.1 headers only. The protocol is told apart by the
+    // first bytes, and HTTP/1.1 requests differ from the HTTP/2 preface at the first byte.
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    // A connection borrows the builder, so each task holds a reference to it.
+    let builder = Arc::new(builder);
     // Connections watch this to finish their current request and close when shutdown begins.
     let (stopping, stop_signal) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -80,17 +102,26 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let builder = builder.clone();
         let mut stop_signal = stop_signal.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopped(&mut stop_signal) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let result = match tls {
+                None => serve_connection(&builder, stream, service, &mut stop_signal).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, service, &mut stop_signal).await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(error) = result {
@@ -112,6 +143,27 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, or finishes its current request once shutdown begins.
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: S,
+    service: TowerToHyperService<Router>,
+    stop_signal: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(stop_signal) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 /// Completes once shutdown begins.

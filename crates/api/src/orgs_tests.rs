@@ -1143,21 +1143,6 @@ async fn unavailable_features_are_documented_400() {
     let id = &record.id;
     let cases = [
         ("POST", format!("/api/sandbox/{id}/backup"), "backups"),
-        (
-            "GET",
-            format!("/api/sandbox/{id}/ports/3000/preview-url"),
-            "preview URLs",
-        ),
-        (
-            "GET",
-            format!("/api/sandbox/{id}/ports/3000/signed-preview-url"),
-            "preview URLs",
-        ),
-        (
-            "POST",
-            format!("/api/sandbox/{id}/ports/3000/signed-preview-url/t/expire"),
-            "preview URLs",
-        ),
         ("PUT", format!("/api/sandbox/{id}/secrets"), "secrets"),
         ("GET", format!("/api/sandbox/{id}/secrets"), "secrets"),
         ("GET", "/api/warm-pools".to_owned(), "warm pools"),

@@ -1,4 +1,5 @@
-//! `daytona server`: the API server, one local runner and the toolbox proxy in one process.
+//! `daytona server`: the API server, one local runner and the toolbox and preview proxies in
+//! one process.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use daytona_images::ImageStore;
 use daytona_objstore::{EmbeddedConfig, ObjectStorage};
 use daytona_runner::{Limits, PoolTemplate, Runner, RunnerConfig};
 use daytona_wire::api::SnapshotState;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth;
 use crate::config::{DEFAULT_ORGANIZATION, DEFAULT_USER, ServerConfig};
@@ -65,6 +67,8 @@ pub async fn run(
 
     let object_storage = open_object_storage(&config)?;
     let listen = config.listen;
+    let mut config = config;
+    let preview_listener = bind_preview_listener(&mut config.preview).await?;
     let state: AppState = Arc::new(Shared::new(config, store, runner, object_storage));
     // Dropping the sender at return stops the object storage listener.
     let (_stop_object_storage, object_storage_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -86,6 +90,16 @@ pub async fn run(
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
     tracing::info!(address = %listen, "API server listening");
+    let stopping = CancellationToken::new();
+    tokio::spawn(serve_previews(
+        preview_listener,
+        state.clone(),
+        stopping.clone().cancelled_owned(),
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     listener::serve(listener, routes::router(state.clone()), shutdown)
         .await
         .context("the HTTP server failed")?;
@@ -93,6 +107,69 @@ pub async fn run(
     state.runner.shutdown_network().await;
     tracing::info!("API server stopped; running sandboxes keep running");
     Ok(())
+}
+
+/// Binds the preview proxy's listener, and records its address in `preview`.
+async fn bind_preview_listener(
+    preview: &mut crate::config::PreviewConfig,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let listen = preview.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("failed to listen on {listen} for preview URLs; pass another --preview-listen")
+        })?;
+    preview.bound(
+        listener
+            .local_addr()
+            .context("failed to read the preview listener's address")?,
+    );
+    Ok(listener)
+}
+
+/// Serves preview URLs until `stop` completes.
+async fn serve_previews(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let address = state.config.preview.listen;
+    let tls = match preview_tls(&state) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "the preview listener has no TLS configuration; it does not start"
+            );
+            return;
+        }
+    };
+    tracing::info!(%address, base_url = %state.config.preview.base(), tls = tls.is_some(), "preview proxy listening");
+    let router = crate::preview::router(state);
+    if let Err(error) = listener::serve_with(listener, router, tls, stop).await {
+        tracing::error!(%error, "the preview listener failed");
+    }
+}
+
+/// Returns the TLS configuration of the preview listener under `--preview-tls`: the object
+/// storage's certificate, offering HTTP/2 and HTTP/1.1.
+fn preview_tls(state: &AppState) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    if !state.config.preview.tls {
+        return Ok(None);
+    }
+    let storage = &state.config.object_storage;
+    let config = daytona_objstore::tls::server_config(&storage.tls_dir, &storage.tls_names)
+        .with_context(|| {
+            format!(
+                "failed to load the certificate in {}",
+                storage.tls_dir.display()
+            )
+        })?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 /// Opens the configured external S3 endpoint, or the embedded store in the data directory.

@@ -90,6 +90,35 @@ impl Signing {
         Ok(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
+    /// Returns the preview token of a sandbox: the value that opens its private preview URLs
+    /// on every port. It is derived like the signing keys, so it needs no storage and lasts
+    /// as long as the sandbox.
+    pub fn preview_token(&self, data_dir: &Path, sandbox_id: &str) -> Result<String, SecretError> {
+        let mac = self.preview_mac(data_dir, sandbox_id)?;
+        Ok(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// Checks a presented preview token in constant time.
+    pub fn is_preview_token(
+        &self,
+        data_dir: &Path,
+        sandbox_id: &str,
+        presented: &str,
+    ) -> Result<bool, SecretError> {
+        let Ok(digest) = URL_SAFE_NO_PAD.decode(presented) else {
+            return Ok(false);
+        };
+        let mac = self.preview_mac(data_dir, sandbox_id)?;
+        Ok(mac.verify_slice(&digest).is_ok())
+    }
+
+    fn preview_mac(&self, data_dir: &Path, sandbox_id: &str) -> Result<HmacSha256, SecretError> {
+        let secret = self.secret(data_dir)?;
+        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(format!("sandbox-preview-token:{sandbox_id}").as_bytes());
+        Ok(mac)
+    }
+
     fn secret(&self, data_dir: &Path) -> Result<&[u8; SECRET_LEN], SecretError> {
         if let Some(secret) = self.secret.get() {
             return Ok(secret);

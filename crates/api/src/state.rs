@@ -46,6 +46,8 @@ pub struct Shared {
     pub images: RwLock<HashMap<String, Vec<PathBuf>>>,
     /// Toolbox routes of started sandboxes, by sandbox id: the proxy's fast path.
     pub routes: RwLock<HashMap<String, ToolboxRoute>>,
+    /// Idle connections and recent authorizations of the preview proxy.
+    pub previews: crate::preview::Previews,
     /// Build contexts and sandbox archives.
     pub object_storage: ObjectStorage,
     /// Address the embedded object storage listens on, once it does.
@@ -65,6 +67,7 @@ impl Shared {
             lifecycle: Lifecycle::new(config.lifecycle.clone()),
             config,
             store,
+            previews: crate::preview::Previews::new(runner.clone()),
             runner,
             keys: KeyCache::default(),
             events: Events::default(),
@@ -102,6 +105,7 @@ impl Shared {
 
     pub fn remove_route(&self, sandbox_id: &str) {
         self.routes.write().expect("routes lock").remove(sandbox_id);
+        self.previews.forget(sandbox_id);
     }
 
     pub fn route(&self, sandbox_id: &str) -> Option<ToolboxRoute> {

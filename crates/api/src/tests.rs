@@ -92,6 +92,7 @@ pub(crate) async fn harness_with(lifecycle: LifecycleConfig) -> Harness {
             public_host: "127.0.0.1".into(),
         },
         network: None,
+        preview: crate::config::PreviewConfig::local("127.0.0.1:0".parse().unwrap()),
     };
     let object_storage = ObjectStorage::open_embedded(EmbeddedConfig {
         data_dir: dir.path().to_owned(),

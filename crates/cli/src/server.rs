@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use daytona_api::{
-    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, SandboxLimits, ServerConfig,
-    SshGatewayConfig,
+    LifecycleConfig, ObjectStorageConfig, OrganizationLimits, PreviewConfig, PreviewUrlStyle,
+    SandboxLimits, ServerConfig, SshGatewayConfig,
 };
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -157,6 +157,30 @@ pub struct ServerArgs {
     #[arg(long, env = "DAYTONA_SSH_PUBLIC_HOST")]
     ssh_public_host: Option<String>,
 
+    /// Address of the preview proxy, which serves the sandboxes' preview URLs (port 0 picks
+    /// a free port).
+    #[arg(long, env = "DAYTONA_PREVIEW_LISTEN", default_value = "127.0.0.1:4000")]
+    preview_listen: SocketAddr,
+
+    /// Form of preview URLs: `host` gives http://{port}-{sandboxId}.localhost:4000, which
+    /// needs wildcard DNS for other domains; `path` gives
+    /// http://127.0.0.1:4000/preview/{sandboxId}/{port}/. The proxy accepts both.
+    #[arg(long, env = "DAYTONA_PREVIEW_URL_STYLE", value_enum, default_value_t = UrlStyle::Host)]
+    preview_url_style: UrlStyle,
+
+    /// Scheme, host and port that preview URLs start from, for example
+    /// https://preview.example.com; with the host style `{port}-{sandboxId}.` goes in front
+    /// of the host [default: http://localhost:<port of --preview-listen> (host style),
+    /// http://<--preview-listen> (path style)]
+    #[arg(long, env = "DAYTONA_PREVIEW_BASE_URL")]
+    preview_base_url: Option<String>,
+
+    /// Serve preview URLs over TLS, HTTP/2 and HTTP/1.1 by ALPN, with the certificate of the
+    /// local CA in --tls-dir that the object storage uses (it covers localhost, 127.0.0.1,
+    /// ::1 and --tls-name, not `*.localhost`, so clients that check it need the path style)
+    #[arg(long, env = "DAYTONA_PREVIEW_TLS")]
+    preview_tls: bool,
+
     /// Test aid, left out of the help: while this file exists, sandbox starts (other than
     /// the warm pool's) wait, which keeps a sandbox in the starting state.
     #[arg(long, value_name = "FILE", hide = true)]
@@ -182,6 +206,13 @@ fn url_host(url: &str) -> anyhow::Result<String> {
         bail!("the public URL {url:?} has no host; pass --ssh-public-host");
     }
     Ok(host.to_owned())
+}
+
+/// The `--preview-url-style` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum UrlStyle {
+    Host,
+    Path,
 }
 
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -370,6 +401,17 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         object_storage,
         ssh_gateway,
         network,
+        preview: PreviewConfig {
+            listen: args.preview_listen,
+            url_style: match args.preview_url_style {
+                UrlStyle::Host => PreviewUrlStyle::Host,
+                UrlStyle::Path => PreviewUrlStyle::Path,
+            },
+            base_url: args
+                .preview_base_url
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            tls: args.preview_tls,
+        },
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

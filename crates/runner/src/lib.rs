@@ -14,6 +14,7 @@ mod disk;
 mod instance;
 pub mod network;
 mod pool;
+mod port;
 mod runner;
 mod runtime;
 mod slots;
@@ -28,5 +29,6 @@ pub use daytona_isolation::spec::{MountPathError, VOLUME_UID_BASE, VolumeMount, 
 pub use disk::DiskError;
 pub use instance::{Limits, SandboxRuntimeState};
 pub use pool::PoolTemplate;
+pub use port::PortError;
 pub use runner::{CreateParams, Runner, RunnerConfig, RunnerError, UID_SLOT_REGISTRY};
 pub use usage::WorkloadUsage;

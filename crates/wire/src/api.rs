@@ -204,6 +204,28 @@ pub struct ToolboxProxyUrl {
     pub url: String,
 }
 
+/// Response of `GET /sandbox/{id}/ports/{port}/preview-url`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortPreviewUrl {
+    pub sandbox_id: String,
+    pub url: String,
+    /// The sandbox's preview token, for the `x-daytona-preview-token` header or the
+    /// `DAYTONA_SANDBOX_AUTH_KEY` query parameter.
+    pub token: String,
+}
+
+/// Response of `GET /sandbox/{id}/ports/{port}/signed-preview-url`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedPortPreviewUrl {
+    pub sandbox_id: String,
+    pub port: u16,
+    /// The token that the URL carries in place of the sandbox id.
+    pub token: String,
+    pub url: String,
+}
+
 /// Body and response of `PUT /sandbox/{id}/labels`: the sandbox's whole label map.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxLabels {

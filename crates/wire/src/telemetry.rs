@@ -61,7 +61,7 @@ pub struct DaytonaConfiguration {
     pub linked_accounts_enabled: bool,
     #[schema(value_type = Object)]
     pub announcements: BTreeMap<String, serde_json::Value>,
-    /// Empty: preview URLs are not available yet.
+    /// Preview URL with `{{PORT}}` and `{{sandboxId}}` in place of the port and the id.
     pub proxy_template_url: String,
     pub proxy_toolbox_url: String,
     pub default_snapshot: String,

@@ -403,9 +403,6 @@ def test_unavailable_sandbox_features_raise_bad_request(admin):
     sandbox = admin.create()
     try:
         calls = {
-            "get_preview_link": lambda: sandbox.get_preview_link(3000),
-            "create_signed_preview_url": lambda: sandbox.create_signed_preview_url(3000, 60),
-            "expire_signed_preview_url": lambda: sandbox.expire_signed_preview_url(3000, "token"),
             "update_secrets": lambda: sandbox.update_secrets({"TOKEN": "secret-name"}),
         }
         for name, call in calls.items():

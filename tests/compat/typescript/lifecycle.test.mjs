@@ -257,11 +257,10 @@ test('refreshActivity moves lastActivityAt', async () => {
   });
 });
 
-test('pause, public and network settings are 400', async () => {
+test('pause and network settings are 400', async () => {
   await withSandbox(daytona, undefined, async (sandbox) => {
     await assert.rejects(sandbox.pause(), (error) => error.statusCode === 400);
     await assert.rejects(sandbox.updateNetworkSettings({ networkBlockAll: true }), (error) => error.statusCode === 400);
-    assert.equal((await api('POST', `/sandbox/${sandbox.id}/public/true`)).status, 400);
     await assert.rejects(sandbox.recover(), (error) => error.statusCode === 400);
   });
 });

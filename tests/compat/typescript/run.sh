@@ -15,6 +15,7 @@ if [ "$major" -lt 20 ]; then
     exit 0
 fi
 
-npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+# playwright-core drives Debian's chromium; it must not download a browser of its own.
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 python="${PYTHON:-python3}"
 exec "$python" ../../support/daytona_server.py -- node --test --test-force-exit --test-concurrency=1 ./*.test.mjs

@@ -269,6 +269,37 @@ pub async fn track_toolbox_request(
     })
 }
 
+/// An open preview connection of an authorized request, counted as the toolbox proxy's
+/// connections are: the sandbox stays active until the response body ends or, for a
+/// WebSocket upgrade, until the upgraded connection closes.
+pub struct PreviewConnection(Arc<OpenConnection>);
+
+impl PreviewConnection {
+    /// Counts the connection as open and attaches it to the request, which the proxy keeps
+    /// until an upgraded connection closes.
+    pub fn attach(state: &AppState, sandbox_id: &str, request: &mut Request) -> Self {
+        let connection = OpenConnection::new(state, sandbox_id);
+        request
+            .extensions_mut()
+            .insert(daytona_proxy::HoldWhileOpen::new(connection.clone()));
+        Self(connection)
+    }
+
+    /// Records the request as activity and keeps the connection counted until the body of
+    /// `response` ends.
+    pub fn finish(self, response: Response) -> Response {
+        let connection = self.0;
+        connection.accepted.store(true, Ordering::Relaxed);
+        record_activity(&connection.state, &connection.sandbox_id);
+        response.map(move |body| {
+            Body::new(body.map_frame(move |frame| {
+                let _open = &connection;
+                frame
+            }))
+        })
+    }
+}
+
 /// Returns the sandbox id of a toolbox proxy path, `/toolbox/{id}/...`.
 fn toolbox_sandbox_id(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/toolbox/")?;

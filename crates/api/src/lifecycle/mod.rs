@@ -50,7 +50,9 @@ use daytona_wire::api::SandboxState;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use activity::{Activity, hold_active, record_activity, track_toolbox_request};
+pub use activity::{
+    Activity, PreviewConnection, hold_active, record_activity, track_toolbox_request,
+};
 pub use archive::{MAX_AUTO_ARCHIVE_MINUTES, archive};
 pub use build::{BuildPlan, check_user_in_image, create_from_build, with_image_env};
 pub use operations::{CreatePlan, create, delete, recover, resize, start, stop};

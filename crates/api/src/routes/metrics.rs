@@ -39,7 +39,7 @@ pub async fn config(State(state): State<AppState>) -> Json<DaytonaConfiguration>
         },
         linked_accounts_enabled: false,
         announcements: BTreeMap::new(),
-        proxy_template_url: String::new(),
+        proxy_template_url: crate::preview::template_url(&state.config.preview),
         proxy_toolbox_url: state.toolbox_proxy_url(),
         default_snapshot: daytona_images::DEFAULT_SNAPSHOT.to_owned(),
         dashboard_url: state.config.public_url.clone(),

@@ -8,6 +8,7 @@ mod keys;
 mod metrics;
 mod object_storage;
 mod organizations;
+mod preview;
 pub(crate) mod sandboxes;
 mod signing;
 mod snapshots;
@@ -90,6 +91,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(keys::routes())
         .merge(organizations::routes())
         .merge(signing::routes())
+        .merge(preview::routes())
         .merge(metrics::routes())
         .merge(volumes::routes())
         .merge(object_storage::routes())

@@ -1,9 +1,11 @@
 //! The toolbox proxy route: `/toolbox/{sandboxId}/{path}`.
 //!
-//! A request is authorized in one of two ways. One is an API key of the sandbox's
-//! organization. The other, without an `Authorization` header, is a signed file URL:
-//! `GET /files/download` or `POST /files/upload-v2` with `path`, `expires` and `signature`
-//! (see [`crate::signing`]).
+//! A request is authorized in one of three ways. One is an API key of the sandbox's
+//! organization. Without an `Authorization` header, the others are a signed file URL
+//! (`GET /files/download` or `POST /files/upload-v2` with `path`, `expires` and `signature`,
+//! see [`crate::signing`]) and the sandbox's preview token in the `x-daytona-preview-token`
+//! header or the `DAYTONA_SANDBOX_AUTH_KEY` query parameter, which the TypeScript SDK sends
+//! from runtimes that cannot set headers on WebSockets.
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -17,6 +19,7 @@ use daytona_wire::api::SandboxState;
 use super::signing::current_key;
 use crate::auth::{Caller, bearer_token};
 use crate::error::{ApiError, error_chain};
+use crate::preview;
 use crate::signing::{self, SignatureError};
 use crate::state::{AppState, ToolboxRoute};
 
@@ -39,15 +42,21 @@ pub async fn forward(
             let route = authorize_signed(&state, &sandbox_id, &signed).await?;
             (route, signed.forwarded_path())
         }
-        None => {
-            let caller = Caller::from_request_parts(&mut parts, &state).await?;
-            let route = authorize_caller(&state, &caller, &sandbox_id).await?;
-            (route, rest_of_path(&parts))
-        }
+        None => match authorize_preview_token(&state, &parts, &sandbox_id).await? {
+            Some(route) => (route, preview::without_token_query(&rest_of_path(&parts))),
+            None => {
+                let caller = Caller::from_request_parts(&mut parts, &state).await?;
+                let route = authorize_caller(&state, &caller, &sandbox_id).await?;
+                (route, rest_of_path(&parts))
+            }
+        },
     };
     let request = Request::from_parts(parts, body);
 
-    const STRIPPED: [HeaderName; 1] = [AUTHORIZATION];
+    const STRIPPED: [HeaderName; 2] = [
+        AUTHORIZATION,
+        HeaderName::from_static(preview::TOKEN_HEADER),
+    ];
     match daytona_proxy::forward(&route.socket, request, &rest, &STRIPPED).await {
         Ok(response) => Ok(response.into_response()),
         Err(ProxyError::Unreachable { source }) => {
@@ -88,6 +97,49 @@ fn rest_of_path(parts: &Parts) -> String {
         Some(end) if after_prefix[end..].starts_with('/') => after_prefix[end..].to_owned(),
         Some(end) => format!("/{}", &after_prefix[end..]),
         None => "/".to_owned(),
+    }
+}
+
+/// Returns the sandbox's route when a request without `Authorization` presents the sandbox's
+/// preview token; `None` when it presents none, so that the API key check explains.
+async fn authorize_preview_token(
+    state: &AppState,
+    parts: &Parts,
+    sandbox_id: &str,
+) -> Result<Option<ToolboxRoute>, ApiError> {
+    if parts.headers.contains_key(AUTHORIZATION) {
+        return Ok(None);
+    }
+    let header = parts
+        .headers
+        .get(preview::TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let query = parts.uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == preview::TOKEN_QUERY)
+            .map(|(_, value)| value.into_owned())
+    });
+    let Some(token) = header.or(query) else {
+        return Ok(None);
+    };
+    let valid = state
+        .signing
+        .is_preview_token(&state.config.data_dir, sandbox_id, &token)
+        .map_err(|error| ApiError::internal("failed to check the preview token", error))?;
+    if !valid {
+        return Err(ApiError::unauthorized(format!(
+            "the preview token is not valid for sandbox {sandbox_id}; get it from GET /sandbox/{sandbox_id}/ports/1/preview-url, or send an API key"
+        )));
+    }
+    match state.route(sandbox_id) {
+        Some(route) => Ok(Some(route)),
+        None => match state.store.sandbox_by_id(sandbox_id).await? {
+            Some(record) => Err(not_routable(state, &record.organization_id, sandbox_id).await),
+            None => Err(ApiError::not_found(format!(
+                "sandbox {sandbox_id:?} not found"
+            ))),
+        },
     }
 }
 

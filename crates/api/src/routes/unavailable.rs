@@ -24,7 +24,6 @@ pub const CODE: &str = "FEATURE_NOT_AVAILABLE";
 /// The reason and the way around it, for each feature.
 mod message {
     pub const BACKUP: &str = "sandbox backups are not available yet on this server: they need object storage; a stopped sandbox keeps its files on this host";
-    pub const PREVIEW: &str = "preview URLs are not available yet on this server: sandboxes have loopback networking only; reach a port from inside the sandbox, for example with process.exec(\"curl -s localhost:<port>\")";
     pub const SECRETS: &str = "secrets are not available yet on this server; pass values as environment variables at create (env_vars) or per command (env)";
     pub const WARM_POOLS: &str = "warm pools cannot be managed through the API yet; the server keeps one for the default snapshot, sized by `daytona server --warm-pool-size`";
 }
@@ -51,9 +50,6 @@ async fn sandbox_feature(
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(backup_sandbox))
-        .routes(routes!(preview_url))
-        .routes(routes!(signed_preview_url))
-        .routes(routes!(expire_signed_preview_url))
         .routes(routes!(update_sandbox_secrets, sandbox_secrets))
         .routes(routes!(list_warm_pools, create_warm_pool))
         .routes(routes!(update_warm_pool, delete_warm_pool))
@@ -72,43 +68,6 @@ pub async fn backup_sandbox(
     Path(id): Path<String>,
 ) -> ApiError {
     sandbox_feature(&state, &caller, &id, message::BACKUP).await
-}
-
-/// `GET /sandbox/{id}/ports/{port}/preview-url`: not available yet.
-#[utoipa::path(get, path = "/sandbox/{id}/ports/{port}/preview-url", tag = "preview",
-    params(("id" = String, Path, description = "Sandbox id or name"), ("port" = String, Path, description = "Port")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn preview_url(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((id, _port)): Path<(String, String)>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::PREVIEW).await
-}
-
-/// `GET /sandbox/{id}/ports/{port}/signed-preview-url`: not available yet.
-#[utoipa::path(get, path = "/sandbox/{id}/ports/{port}/signed-preview-url", tag = "preview",
-    params(("id" = String, Path, description = "Sandbox id or name"), ("port" = String, Path, description = "Port")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn signed_preview_url(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((id, _port)): Path<(String, String)>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::PREVIEW).await
-}
-
-/// `POST /sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire`: not available yet.
-#[utoipa::path(post, path = "/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire", tag = "preview",
-    params(("id" = String, Path, description = "Sandbox id or name"), ("port" = String, Path, description = "Port"),
-        ("token" = String, Path, description = "Signed preview token")),
-    responses((status = 400, description = NOT_AVAILABLE, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn expire_signed_preview_url(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((id, _port, _token)): Path<(String, String, String)>,
-) -> ApiError {
-    sandbox_feature(&state, &caller, &id, message::PREVIEW).await
 }
 
 /// `PUT /sandbox/{id}/secrets`: not available yet.

@@ -138,6 +138,22 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         ],
     ),
     (
+        5,
+        &[
+            // Signed preview URLs: the token stands in for the sandbox id in the URL and
+            // authorizes one port until `expires_at` (Unix seconds), which expiring the URL
+            // through the API moves to the present.
+            "CREATE TABLE signed_preview_tokens (
+            token TEXT PRIMARY KEY,
+            sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+            port INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        )",
+            "CREATE INDEX signed_preview_tokens_expiry ON signed_preview_tokens(expires_at)",
+        ],
+    ),
+    (
         6,
         &[
             // SSH access tokens. Only a token's SHA-256 is stored; the token is the SSH user

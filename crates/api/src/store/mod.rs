@@ -6,6 +6,7 @@
 
 mod migrations;
 mod orgs;
+mod preview;
 mod sandboxes;
 mod signing;
 mod snapshots;
@@ -20,6 +21,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use orgs::{ApiKeyRecord, LimitOverrides, OrganizationRecord, STATES_HOLDING_RESOURCES, Usage};
+pub use preview::SignedPreviewToken;
 pub use sandboxes::{SandboxFilter, SandboxRecord, StateChange};
 pub use snapshots::SnapshotRecord;
 pub use ssh_access::SshAccessRecord;

@@ -1,6 +1,6 @@
 //! Sandbox settings that are not state changes: labels, the auto-stop, auto-archive,
-//! auto-delete and auto-pause intervals, the TTL, activity, and the documented refusals of
-//! pause and public previews.
+//! auto-delete and auto-pause intervals, the TTL, activity, whether previews are public, and
+//! the documented refusal of pause.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -200,21 +200,33 @@ pub async fn pause(
     )))
 }
 
-/// `POST /sandbox/{idOrName}/public/{isPublic}`: always 400 until sandboxes have networking.
+/// `POST /sandbox/{idOrName}/public/{isPublic}`: whether the sandbox's preview URLs work
+/// without a token.
 #[utoipa::path(post, path = "/sandbox/{id}/public/{isPublic}", tag = "sandbox",
     params(("id" = String, Path, description = "Sandbox id or name"),
         ("isPublic" = bool, Path, description = "Whether preview URLs need no token")),
-    responses((status = 400, description = "Preview URLs arrive with sandbox networking; sandboxes have loopback networking only for now", body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Sandbox), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update_public_status(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id_or_name, _is_public)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    find(&state, &caller, &id_or_name).await?;
-    Err(ApiError::bad_request(
-        "public preview URLs are not available yet: they arrive with sandbox networking, and sandboxes have loopback networking only for now",
-    ))
+    Path((id_or_name, is_public)): Path<(String, String)>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let is_public = match is_public.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid isPublic {other:?}: use true or false"
+            )));
+        }
+    };
+    let sandbox = update(&state, &caller, &id_or_name, |record| {
+        record.public = is_public;
+    })
+    .await?;
+    // The preview proxy's cached decisions assumed the old setting.
+    state.previews.forget_access(&sandbox.id);
+    Ok(sandbox)
 }
 
 /// Changes settings of a sandbox and returns it.
