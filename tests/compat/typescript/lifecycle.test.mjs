@@ -257,10 +257,9 @@ test('refreshActivity moves lastActivityAt', async () => {
   });
 });
 
-test('pause and network settings are 400', async () => {
+test('pause and recover of a started sandbox are 400', async () => {
   await withSandbox(daytona, undefined, async (sandbox) => {
     await assert.rejects(sandbox.pause(), (error) => error.statusCode === 400);
-    await assert.rejects(sandbox.updateNetworkSettings({ networkBlockAll: true }), (error) => error.statusCode === 400);
     await assert.rejects(sandbox.recover(), (error) => error.statusCode === 400);
   });
 });
