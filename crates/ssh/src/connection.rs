@@ -36,6 +36,7 @@ impl<B: Backend> russh::server::Server for Gateway<B> {
             peer,
             granted: None,
             _alive: None,
+            logged_in: None,
         }
     }
 
@@ -52,9 +53,17 @@ pub struct Connection<B> {
     granted: Option<(String, String)>,
     /// Dropped with the connection, which ends its token check.
     _alive: Option<oneshot::Sender<()>>,
+    /// Told when the login succeeds, which ends the connection's login deadline.
+    logged_in: Option<oneshot::Sender<()>>,
 }
 
 impl<B: Backend> Connection<B> {
+    /// Makes the connection tell `logged_in` when its login succeeds.
+    pub fn notify_login(mut self, logged_in: oneshot::Sender<()>) -> Self {
+        self.logged_in = Some(logged_in);
+        self
+    }
+
     /// Accepts the connection when the user name is a valid token.
     async fn authenticate(&mut self, user: &str) -> Auth {
         match self.backend.authorize(user).await {
@@ -138,6 +147,9 @@ impl<B: Backend> russh::server::Handler for Connection<B> {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(logged_in) = self.logged_in.take() {
+            let _ = logged_in.send(());
+        }
         self.watch_token(session);
         Ok(())
     }

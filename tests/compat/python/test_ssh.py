@@ -364,3 +364,22 @@ def test_token_reaches_only_its_sandbox(server, daytona, sandbox, access, client
         assert b"start it first" in stopped.stderr, stopped.stderr
     finally:
         daytona.delete(other)
+
+
+def test_silent_connection_closed_at_login_deadline(server):
+    """A client that connects and never logs in is closed after the 30 s login deadline, so
+    idle connections cannot hold the gateway's file descriptors."""
+    import socket
+
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.ssh_port), timeout=60) as silent:
+        # The server sends its version line first; then nothing until it closes.
+        received = b""
+        while True:
+            chunk = silent.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    elapsed = time.monotonic() - started
+    assert received.startswith(b"SSH-2.0-")
+    assert 25 <= elapsed <= 50, elapsed

@@ -388,6 +388,11 @@ fn set_token_cookie(headers: &mut HeaderMap, target: &Target, sandbox_id: &str, 
 
 /// Adds the CORS headers that the app's response lacks, for a request with an `Origin`.
 /// Headers the app set pass untouched, so none is ever sent twice.
+///
+/// The proxy never allows credentials itself: with `Access-Control-Allow-Credentials`, a page
+/// of any origin (another sandbox's preview under the same domain, say) could read a private
+/// preview with the token cookie that the browser holds for it. Cross-origin callers send the
+/// token header instead; an app that wants credentialed CORS sets its own headers.
 fn add_cors_headers(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
     let Some(origin) = origin else {
         return;
@@ -396,12 +401,6 @@ fn add_cors_headers(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
         return;
     }
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS) {
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-    }
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
@@ -426,10 +425,6 @@ fn preflight_response(request_headers: &HeaderMap) -> Response {
             headers.insert(to, value.clone());
         }
     }
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),

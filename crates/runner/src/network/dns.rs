@@ -21,6 +21,12 @@ use super::policy::EgressPolicy;
 /// How long the resolver waits for the upstream server.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most queries in flight at once, for all sandboxes together and for one sandbox. Each holds
+/// an upstream socket for up to [`UPSTREAM_TIMEOUT`]; queries over a limit are dropped, and
+/// the sandbox's resolver library sends them again.
+const MAX_IN_FLIGHT: usize = 256;
+const MAX_IN_FLIGHT_PER_SANDBOX: usize = 16;
+
 const RCODE_SERVFAIL: u8 = 2;
 const RCODE_REFUSED: u8 = 5;
 
@@ -60,6 +66,8 @@ impl Resolver {
     async fn serve(self: Arc<Self>, socket: UdpSocket) {
         let socket = Arc::new(socket);
         let mut buffer = vec![0u8; 4096];
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let per_client = Arc::new(Mutex::new(HashMap::new()));
         loop {
             let (length, client) = match socket.recv_from(&mut buffer).await {
                 Ok(received) => received,
@@ -69,10 +77,17 @@ impl Resolver {
                     continue;
                 }
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                continue;
+            };
+            let Some(client_slot) = ClientSlot::take(&per_client, client) else {
+                continue;
+            };
             let query = buffer[..length].to_vec();
             let resolver = self.clone();
             let socket = socket.clone();
             tokio::spawn(async move {
+                let _slots = (slot, client_slot);
                 if let Some(reply) = resolver.answer(&query, client).await {
                     let _ = socket.send_to(&reply, client).await;
                 }
@@ -139,6 +154,42 @@ impl Resolver {
     }
 }
 
+/// One query in flight for a client address; counts against
+/// [`MAX_IN_FLIGHT_PER_SANDBOX`] until dropped.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    client: SocketAddr,
+}
+
+impl ClientSlot {
+    fn take(counts: &Arc<Mutex<HashMap<SocketAddr, usize>>>, client: SocketAddr) -> Option<Self> {
+        // Counted by address without the port: a sandbox sends from many ports.
+        let client = SocketAddr::new(client.ip(), 0);
+        let mut map = counts.lock().expect("resolver counts lock");
+        let count = map.entry(client).or_insert(0);
+        if *count >= MAX_IN_FLIGHT_PER_SANDBOX {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().expect("resolver counts lock");
+        if let Some(count) = map.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// A UDP socket bound in the namespace at `namespace`.
 async fn bind_in(namespace: &Path, address: SocketAddr) -> Result<UdpSocket, LinkError> {
     let socket = link::in_namespace(namespace, move || {
@@ -153,11 +204,14 @@ async fn bind_in(namespace: &Path, address: SocketAddr) -> Result<UdpSocket, Lin
     })
 }
 
-/// The name in a query's first question, lowercase and without the trailing dot.
+/// The name in a standard query's one question, lowercase and without the trailing dot.
+/// `None` for replies, other opcodes and a question count other than one, so that no name
+/// the policy did not check travels upstream.
 pub fn question_name(message: &[u8]) -> Option<String> {
     let flags = *message.get(2)?;
     let question_count = u16::from_be_bytes([*message.get(4)?, *message.get(5)?]);
-    if flags & 0x80 != 0 || question_count == 0 {
+    let opcode = (flags >> 3) & 0x0f;
+    if flags & 0x80 != 0 || opcode != 0 || question_count != 1 {
         return None;
     }
     let (name, _) = read_name(message, 12)?;
@@ -184,6 +238,10 @@ fn read_name(message: &[u8], mut offset: usize) -> Option<(String, usize)> {
             }
             l if l < 64 => {
                 let label = message.get(offset + 1..offset + 1 + usize::from(l))?;
+                // A dot inside a label would read as two labels once joined.
+                if label.contains(&b'.') {
+                    return None;
+                }
                 labels.push(String::from_utf8_lossy(label).into_owned());
                 offset += 1 + usize::from(l);
             }
